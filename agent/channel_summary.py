@@ -1,0 +1,121 @@
+"""Channel series as exported: channel objects of one (service, name) folded together.
+
+Several objects share a name when a service runs several worker processes, restarts, or
+creates short-lived channels with one name. Counters add up (including objects that are
+gone); gauges describe the objects alive now; a name counts as closed only when every
+live object of that name is closed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from drainwatch._histogram import WAIT_BUCKETS
+
+from .state import _COUNTERS, _OPS, ChannelObject, RetiredTotals, Service
+
+# Health score weights (docs/metrics.md gives the formula and its reasoning).
+_BLOCKED_WEIGHT = 40.0
+_BLOCKED_FULL_PENALTY_SECONDS = 60.0
+_AFTER_CLOSE_WEIGHT = 30.0
+_AFTER_CLOSE_FULL_PENALTY = 10
+_UNDRAINED_WEIGHT = 20.0
+_DOUBLE_CLOSE_WEIGHT = 10.0
+
+
+@dataclass(slots=True)
+class ChannelSummary:
+    service: str
+    name: str
+    objects: int = 0
+    created: float | None = None
+    closed: float | None = None
+    drained: float | None = None
+    residual: int | None = None
+    depth: int = 0
+    capacity: int = 0
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTERS, 0))
+    waiters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_OPS, 0))
+    oldest_wait: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_OPS, 0.0))
+    wait: dict[str, list[float]] = field(
+        default_factory=lambda: {op: [0.0] * (len(WAIT_BUCKETS) + 2) for op in _OPS}
+    )
+
+    @property
+    def health_score(self) -> float:
+        """100 = healthy. Loses up to 40 for a long current wait, 30 for after-close use,
+        20 for a closed channel that never drained, 10 for a double close."""
+        score = 100.0
+        oldest = max(self.oldest_wait.values())
+        score -= _BLOCKED_WEIGHT * min(1.0, oldest / _BLOCKED_FULL_PENALTY_SECONDS)
+        misuse = self.counters["read_after_close"] + self.counters["send_after_close"]
+        score -= _AFTER_CLOSE_WEIGHT * min(1.0, misuse / _AFTER_CLOSE_FULL_PENALTY)
+        if self.closed is not None and self.drained is None and (self.residual or 0) > 0:
+            score -= _UNDRAINED_WEIGHT
+        if self.counters["double_close"]:
+            score -= _DOUBLE_CLOSE_WEIGHT
+        return max(0.0, round(score, 1))
+
+
+def summarize(service: Service) -> list[ChannelSummary]:
+    """Fold a service's channel objects by name. Call with the state lock held."""
+    summaries: dict[str, ChannelSummary] = {}
+    live: dict[str, list[ChannelObject]] = {}
+    for instance in service.instances.values():
+        for channel in instance.channels.values():
+            live.setdefault(channel.name, []).append(channel)
+    for name in live.keys() | service.retired.keys():
+        summary = summaries[name] = ChannelSummary(service.name, name)
+        retired = service.retired.get(name)
+        if retired is not None:
+            _add_retired(summary, retired)
+        _add_live(summary, live.get(name, []))
+    return [summaries[name] for name in sorted(summaries)]
+
+
+def _add_retired(summary: ChannelSummary, retired: RetiredTotals) -> None:
+    for key in _COUNTERS:
+        summary.counters[key] += retired.counters[key]
+    for op in _OPS:
+        summary.wait[op] = list(retired.wait[op])
+    summary.created = retired.created
+
+
+def _add_live(summary: ChannelSummary, channels: list[ChannelObject]) -> None:
+    """Fold the objects still tracked. Collected ("gone") ones add their counters and
+    close facts but no longer hold items or waiters."""
+    present = [channel for channel in channels if not channel.gone]
+    summary.objects = len(present)
+    if not channels:
+        return
+    for channel in channels:
+        if summary.created is None or channel.created < summary.created:
+            summary.created = channel.created
+        for key in _COUNTERS:
+            summary.counters[key] += channel.counters[key]
+        for op in _OPS:
+            target, source = summary.wait[op], channel.wait[op]
+            for index, value in enumerate(source):
+                target[index] += value
+    unbounded = False
+    for channel in present:
+        summary.depth += channel.depth
+        unbounded = unbounded or channel.capacity == 0
+        summary.capacity += channel.capacity
+        for op in _OPS:
+            summary.waiters[op] += channel.waiters[op]
+            summary.oldest_wait[op] = max(summary.oldest_wait[op], channel.oldest_wait[op])
+    if unbounded:
+        summary.capacity = 0
+    # Closed when no present object is open; the facts come from every closed object.
+    if any(channel.closed is None for channel in present):
+        return
+    closed = [channel for channel in channels if channel.closed is not None]
+    if not closed:
+        return
+    summary.closed = max(channel.closed or 0.0 for channel in closed)
+    residuals = [channel.residual for channel in closed if channel.residual is not None]
+    summary.residual = sum(residuals) if residuals else None
+    drained = [channel.drained for channel in closed]
+    if all(value is not None for value in drained):
+        summary.drained = max(value or 0.0 for value in drained)

@@ -1,0 +1,189 @@
+"""Agent settings: one frozen dataclass, filled from flags > environment > YAML > defaults.
+
+Every flag has a YAML key (``docs/configuration.md`` lists them). Every error names where
+the value came from (flag, variable, or file:line), the setting, the rule and the value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from drainwatch._endpoint import DEFAULT, Endpoint, EndpointError, parse_endpoint
+
+DEFAULT_LISTEN = "127.0.0.1:9469"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used. ``str()`` is the message for the user."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps that keep the agent's series and memory bounded whatever the targets send."""
+
+    max_services: int = 100
+    max_channels_per_service: int = 2000
+    max_instances_per_service: int = 64
+    max_channel_objects_per_instance: int = 10_000
+    max_label_length: int = 128
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    listen: ListenAddress = ListenAddress("127.0.0.1", 9469)
+    ingest: tuple[Endpoint, ...] = (DEFAULT,)
+    service: str | None = None
+    log_level: str = "info"
+    retention_seconds: float = 300.0
+    limits: Limits = field(default_factory=Limits)
+
+
+# -- value checks: each takes (value, where) and returns the parsed value ---------------------
+
+
+def _fail(where: str, rule: str, value: object, fix: str = "") -> ConfigError:
+    shown = repr(value) if not isinstance(value, str) else f'"{value}"'
+    message = f"{where} must be {rule}: {shown}"
+    return ConfigError(f"{message}; {fix}" if fix else message)
+
+
+def parse_listen(value: object, where: str) -> ListenAddress:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(where, "HOST:PORT such as 127.0.0.1:9469", value)
+    text = value.strip()
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise _fail(
+            where,
+            "HOST:PORT with a port from 0 to 65535",
+            value,
+            "for example 127.0.0.1:9469, or 0.0.0.0:9469 for Prometheus in a pod",
+        )
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise _fail(
+                where,
+                "a literal IP address or localhost",
+                value,
+                "name the interface by address, e.g. 0.0.0.0 or 127.0.0.1",
+            ) from None
+    return ListenAddress("127.0.0.1" if host == "localhost" else host, int(port_text))
+
+
+def parse_ingest(value: object, where: str) -> tuple[Endpoint, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not items:
+        raise _fail(where, "a URL or a non-empty list of URLs", value)
+    endpoints = []
+    for item in items:
+        try:
+            endpoints.append(parse_endpoint(item, setting=where))
+        except EndpointError as error:
+            raise ConfigError(str(error)) from None
+    if len(set(endpoints)) != len(endpoints):
+        raise _fail(where, "a list without duplicates", value)
+    return tuple(endpoints)
+
+
+def parse_service(value: object, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > 128:
+        raise _fail(where, "a non-empty name of at most 128 characters", value)
+    return value.strip()
+
+
+def parse_log_level(value: object, where: str) -> str:
+    if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
+        raise _fail(where, "one of " + ", ".join(LOG_LEVELS), value)
+    return value.lower()
+
+
+def parse_seconds(value: object, where: str, low: float = 1.0, high: float = 86_400.0) -> float:
+    number: object = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = value
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, int | float)
+        or not math.isfinite(number)
+        or not low <= number <= high
+    ):
+        raise _fail(where, f"a number of seconds from {low:g} to {high:g}", value)
+    return float(number)
+
+
+def parse_limit(value: object, where: str, low: int = 1, high: int = 1_000_000) -> int:
+    number: object = value
+    if isinstance(value, str) and value.strip().isdigit():
+        number = int(value)
+    if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
+        raise _fail(where, f"a whole number from {low} to {high}", value)
+    return number
+
+
+_TOP_LEVEL_PARSERS: dict[str, Any] = {
+    "listen": parse_listen,
+    "ingest": parse_ingest,
+    "service": parse_service,
+    "log_level": parse_log_level,
+    "retention_seconds": parse_seconds,
+}
+_LIMIT_KEYS = tuple(f.name for f in fields(Limits))
+_LABEL_LENGTH_RANGE = (16, 1024)
+
+
+def _limit(key: str, value: object, where: str) -> int:
+    if key == "max_label_length":
+        return parse_limit(value, where, *_LABEL_LENGTH_RANGE)
+    return parse_limit(value, where)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a raw value came from, for error messages."""
+
+    where: str
+
+
+def build_config(layers: Sequence[Mapping[str, tuple[object, Source]]]) -> AgentConfig:
+    """Merge raw layers (lowest precedence first) and validate each winning value.
+
+    Keys are dotted paths (``limits.max_services``); values carry their ``Source``.
+    """
+    merged: dict[str, tuple[object, Source]] = {}
+    for layer in layers:
+        merged.update(layer)
+    top: dict[str, Any] = {}
+    limits: dict[str, int] = {}
+    for key, (value, source) in merged.items():
+        if key.startswith("limits."):
+            name = key.removeprefix("limits.")
+            limits[name] = _limit(name, value, source.where)
+        else:
+            top[key] = _TOP_LEVEL_PARSERS[key](value, source.where)
+    return AgentConfig(**top, limits=Limits(**limits))
+
+
+KNOWN_KEYS = (*_TOP_LEVEL_PARSERS, *(f"limits.{key}" for key in _LIMIT_KEYS))

@@ -1,0 +1,320 @@
+"""The agent's memory: services -> SDK processes (instances) -> channels.
+
+Records are cumulative, so applying one is a merge, not an increment: counters take the
+larger value (a late snapshot never moves them back), set-once facts (closed, drained,
+residual) keep their first value, gauges take the latest. Channel objects that are gone
+(collected in the target, evicted by a cap, or whose process went away long ago) fold
+their counters into per-name totals, so ``*_total`` series never go backwards.
+
+Thread safety: ``apply``/``expire`` run on the event loop; ``view()`` may run in a worker
+thread for /metrics. All of them take ``lock``; ``view`` copies what it needs under it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from drainwatch._histogram import WAIT_BUCKETS
+from drainwatch.collectors.sdk_decode import Decoded, Envelope
+
+from .config import Limits
+
+OTHER = "other"
+_COUNTERS = (
+    "sent",
+    "received",
+    "discarded",
+    "read_after_close",
+    "send_after_close",
+    "double_close",
+)
+_OPS = ("send", "receive")
+
+
+def _empty_histogram() -> list[float]:
+    # bucket counts (non-cumulative, +Inf last), then sum
+    return [0.0] * (len(WAIT_BUCKETS) + 2)
+
+
+@dataclass(slots=True)
+class ChannelObject:
+    """One channel object in one process, as last reported."""
+
+    name: str
+    kind: str
+    owner: str | None
+    capacity: int
+    created: float
+    closed: float | None = None
+    immediate: bool = False
+    closed_by: str | None = None
+    closed_where: str | None = None
+    drained: float | None = None
+    residual: int | None = None
+    depth: int = 0
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTERS, 0))
+    waiters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_OPS, 0))
+    oldest_wait: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_OPS, 0.0))
+    wait: dict[str, list[float]] = field(
+        default_factory=lambda: {op: _empty_histogram() for op in _OPS}
+    )
+    updated: float = 0.0
+    # Collected in the target. Kept so its close facts stay visible after the process
+    # ends; it no longer holds items or waiters of the service.
+    gone: bool = False
+
+
+@dataclass(slots=True)
+class RetiredTotals:
+    """Counters of channel objects of one name that no longer exist."""
+
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTERS, 0))
+    wait: dict[str, list[float]] = field(
+        default_factory=lambda: {op: _empty_histogram() for op in _OPS}
+    )
+    created: float | None = None
+
+    def absorb(self, channel: ChannelObject) -> None:
+        for key in _COUNTERS:
+            self.counters[key] += channel.counters[key]
+        for op in _OPS:
+            mine, theirs = self.wait[op], channel.wait[op]
+            for index, value in enumerate(theirs):
+                mine[index] += value
+        if self.created is None or channel.created < self.created:
+            self.created = channel.created
+
+
+@dataclass(slots=True)
+class Instance:
+    """One SDK process (a new one after every restart or fork)."""
+
+    instance: str
+    pid: int
+    service: str
+    first_seen: float
+    last_seen: float
+    last_seq: int = 0
+    lost: int = 0
+    dropped: int = 0
+    started: float | None = None
+    python: str | None = None
+    sdk: str | None = None
+    connected: bool = True
+    disconnected_at: float | None = None
+    channels: dict[int, ChannelObject] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Service:
+    name: str
+    instances: dict[str, Instance] = field(default_factory=dict)
+    retired: dict[str, RetiredTotals] = field(default_factory=dict)
+    channel_names: set[str] = field(default_factory=set)
+    # dropped / lost counts of processes that were forgotten, so the totals never go back
+    retired_dropped: int = 0
+    retired_lost: int = 0
+
+
+@dataclass(slots=True)
+class AgentCounters:
+    datagrams: int = 0
+    records: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    capped: dict[str, int] = field(default_factory=dict)
+
+
+class State:
+    def __init__(
+        self,
+        limits: Limits,
+        default_service: str | None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.limits = limits
+        self.default_service = default_service or "unknown"
+        self.lock = threading.Lock()
+        self.services: dict[str, Service] = {}
+        self.counters = AgentCounters()
+        self._wall_clock = wall_clock
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def reject(self, reason: str, count: int = 1) -> None:
+        with self.lock:
+            rejected = self.counters.rejected
+            rejected[reason] = rejected.get(reason, 0) + count
+
+    def _capped(self, limit: str) -> None:
+        capped = self.counters.capped
+        capped[limit] = capped.get(limit, 0) + 1
+
+    def _label(self, value: str) -> str:
+        limit = self.limits.max_label_length
+        if len(value) <= limit:
+            return value
+        self._capped("label_length")
+        return value[: limit - 1] + "\u2026"
+
+    # -- applying records --------------------------------------------------------------------
+
+    def apply(self, decoded: Decoded) -> None:
+        with self.lock:
+            self.counters.datagrams += 1
+            for reason, count in decoded.rejected.items():
+                rejected = self.counters.rejected
+                rejected[reason] = rejected.get(reason, 0) + count
+            instance = self._instance(decoded.envelope)
+            for record in decoded.records:
+                self.counters.records += 1
+                if record["type"] == "channel":
+                    self._apply_channel(instance, record)
+                else:
+                    instance.started = record["started"]
+                    instance.python = record["python"]
+                    instance.sdk = record["sdk"]
+
+    def _service(self, raw_name: str | None) -> Service:
+        name = self._label(raw_name or self.default_service)
+        service = self.services.get(name)
+        if service is None:
+            if len(self.services) >= self.limits.max_services:
+                self._capped("services")
+                name = OTHER
+                service = self.services.get(name)
+            if service is None:
+                service = self.services[name] = Service(name)
+        return service
+
+    def _instance(self, envelope: Envelope) -> Instance:
+        service = self._service(envelope.service)
+        now = self._wall_clock()
+        instance = service.instances.get(envelope.instance)
+        if instance is None:
+            if len(service.instances) >= self.limits.max_instances_per_service:
+                self._capped("instances")
+                self._retire_instance(service, _oldest_instance(service))
+            instance = service.instances[envelope.instance] = Instance(
+                envelope.instance,
+                envelope.pid,
+                service.name,
+                first_seen=now,
+                last_seen=now,
+                last_seq=envelope.seq - 1,
+            )
+        if envelope.seq > instance.last_seq + 1:
+            instance.lost += envelope.seq - instance.last_seq - 1
+        instance.last_seq = max(instance.last_seq, envelope.seq)
+        instance.last_seen = now
+        instance.dropped = max(instance.dropped, envelope.dropped)
+        return instance
+
+    def _channel_name(self, service: Service, raw: str) -> str:
+        name = self._label(raw)
+        if name in service.channel_names:
+            return name
+        if len(service.channel_names) >= self.limits.max_channels_per_service:
+            self._capped("channels")
+            return OTHER
+        service.channel_names.add(name)
+        return name
+
+    def _apply_channel(self, instance: Instance, record: dict[str, Any]) -> None:
+        service = self.services[instance.service]
+        channel = instance.channels.get(record["id"])
+        if channel is None:
+            if len(instance.channels) >= self.limits.max_channel_objects_per_instance:
+                self._capped("channel_objects")
+                self._evict_one(service, instance)
+            channel = instance.channels[record["id"]] = ChannelObject(
+                name=self._channel_name(service, record["name"]),
+                kind=record["kind"],
+                owner=record["owner"],
+                capacity=record["capacity"],
+                created=record["created"],
+            )
+        _merge(channel, record)
+        channel.updated = self._wall_clock()
+        if record["trigger"] == "gone":
+            channel.gone = True
+
+    # -- forgetting --------------------------------------------------------------------------
+
+    def _retire_channel(self, service: Service, instance: Instance, channel_id: int) -> None:
+        channel = instance.channels.pop(channel_id, None)
+        if channel is not None:
+            totals = service.retired.get(channel.name)
+            if totals is None:
+                totals = service.retired[channel.name] = RetiredTotals()
+            totals.absorb(channel)
+
+    def _evict_one(self, service: Service, instance: Instance) -> None:
+        # Prefer a collected object, then a closed one, then the least recently updated.
+        victim = min(
+            instance.channels.items(),
+            key=lambda item: (not item[1].gone, item[1].closed is None, item[1].updated),
+        )[0]
+        self._retire_channel(service, instance, victim)
+
+    def _retire_instance(self, service: Service, instance: Instance) -> None:
+        for channel_id in list(instance.channels):
+            self._retire_channel(service, instance, channel_id)
+        service.retired_dropped += instance.dropped
+        service.retired_lost += instance.lost
+        service.instances.pop(instance.instance, None)
+
+    def disconnected(self, instance_id: str) -> None:
+        """The SDK process's connection closed: it exited or was killed."""
+        with self.lock:
+            now = self._wall_clock()
+            for service in self.services.values():
+                instance = service.instances.get(instance_id)
+                if instance is not None and instance.connected:
+                    instance.connected = False
+                    instance.disconnected_at = now
+
+    def expire(self, retention_seconds: float) -> None:
+        """Forget processes not heard from for ``retention_seconds`` (their counters stay)."""
+        with self.lock:
+            cutoff = self._wall_clock() - retention_seconds
+            for service in self.services.values():
+                for instance in list(service.instances.values()):
+                    if instance.last_seen < cutoff:
+                        self._retire_instance(service, instance)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def instances(self) -> Iterator[tuple[Service, Instance]]:
+        for service in self.services.values():
+            for instance in service.instances.values():
+                yield service, instance
+
+
+def _oldest_instance(service: Service) -> Instance:
+    return min(service.instances.values(), key=lambda instance: instance.last_seen)
+
+
+def _merge(channel: ChannelObject, record: dict[str, Any]) -> None:
+    for key in ("closed", "drained", "residual", "closed_by", "closed_where"):
+        if getattr(channel, key) is None and record[key] is not None:
+            setattr(channel, key, record[key])
+    if record["closed"] is not None:
+        channel.immediate = channel.immediate or record["immediate"]
+    channel.capacity = record["capacity"]
+    channel.depth = record["depth"]
+    counters = channel.counters
+    for key in _COUNTERS:
+        value = record[key]
+        counters[key] = max(counters[key], value)
+    for op in _OPS:
+        channel.waiters[op] = record["waiters"][op]
+        channel.oldest_wait[op] = float(record["oldest_wait"][op])
+        histogram = record["wait"][op]
+        stored = channel.wait[op]
+        if histogram["count"] >= sum(stored[:-1]):
+            stored[:-1] = histogram["counts"]
+            stored[-1] = float(histogram["sum"])

@@ -1,0 +1,30 @@
+"""drainwatch: make graceful shutdown and channel health visible.
+
+The SDK runs inside your service. Importing it does nothing: no thread, no socket, no
+environment read. The first channel (or ``configure()``) starts a daemon reporter thread
+that sends datagrams to the drainwatch agent (a sidecar), which serves Prometheus metrics.
+
+    import drainwatch
+    orders = drainwatch.Channel("orders", maxsize=100)   # asyncio.Queue drop-in
+    jobs = drainwatch.ThreadChannel("jobs")              # queue.Queue drop-in
+    orders.close()                                       # graceful: items stay readable
+"""
+
+from __future__ import annotations
+
+from ._async_channel import Channel
+from ._config import configure, flush
+from ._errors import ChannelClosed
+from ._thread_channel import ThreadChannel
+from ._version import __version__
+from ._watch import watch_queue
+
+__all__ = [
+    "Channel",
+    "ChannelClosed",
+    "ThreadChannel",
+    "__version__",
+    "configure",
+    "flush",
+    "watch_queue",
+]

@@ -1,0 +1,181 @@
+"""The reporter: a daemon thread that sends snapshots, plus the synchronous event path.
+
+A thread rather than a task, so reports keep flowing while the application's event loop is
+blocked, which is exactly when they matter. Rare events (close, after-close use) are sent
+from the thread where they happen, at once, so a SIGKILL right after ``close()`` loses
+nothing; counters and gauges follow in periodic snapshots.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from ._protocol import Packer
+from ._settings import Settings
+from ._transport import Transport
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._channel_base import ChannelBase
+
+# When woken early (after-close bursts), snapshots still come no closer than this.
+_MIN_HASTENED_GAP_SECONDS = 0.05
+_RETRY_PAUSE_SECONDS = 0.005
+
+
+class Reporter:
+    """Owns the transport, the set of live channels, and the snapshot thread.
+
+    Thread safety: every public method may be called from any thread and never raises
+    into the caller; ``emit`` and ``retire`` never block on the network.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport,
+        channels: dict[int, weakref.ref[ChannelBase]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._transport = transport
+        self._packer = Packer(settings.service)
+        self._channels: dict[int, weakref.ref[ChannelBase]] = dict(channels or {})
+        self._retired: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._drop_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started_at = time.time()
+        self.internal_errors = 0
+
+    # -- channels --------------------------------------------------------------------------
+
+    def register(self, channel: ChannelBase) -> None:
+        with self._lock:
+            self._channels[channel._id] = weakref.ref(channel)
+
+    def retire(self, channel_id: int, final_record: dict[str, Any]) -> None:
+        """Keep a collected channel's final state for the next snapshot."""
+        with self._lock:
+            self._channels.pop(channel_id, None)
+            self._retired.append(final_record)
+
+    def channel_refs(self) -> dict[int, weakref.ref[ChannelBase]]:
+        with self._lock:
+            return dict(self._channels)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    @property
+    def dropped(self) -> int:
+        """Records this process could not hand to the kernel (no agent, agent behind)."""
+        return self._packer.dropped
+
+    def emit(self, record: dict[str, Any]) -> None:
+        """Send one record now, from the calling thread, without waiting."""
+        if not self._send([record], deadline=None):
+            self._wake.set()  # the next snapshot carries the same cumulative state
+
+    def _send(self, records: list[dict[str, Any]], deadline: float | None) -> bool:
+        """Pack and send; retry a refused datagram until ``deadline`` (monotonic), if any.
+
+        Every record of a datagram that is finally refused is counted as dropped.
+        """
+        delivered = True
+        for datagram, count in self._packer.pack(records):
+            while not self._transport.send(datagram):
+                if deadline is None or time.monotonic() >= deadline:
+                    delivered = False
+                    with self._drop_lock:
+                        self._packer.dropped += count
+                    break
+                time.sleep(_RETRY_PAUSE_SECONDS)
+        return delivered
+
+    def snapshot_records(self) -> list[dict[str, Any]]:
+        with self._lock:
+            refs = list(self._channels.values())
+            retired, self._retired = self._retired, []
+        records: list[dict[str, Any]] = [self._process_record(len(refs))]
+        for ref in refs:
+            channel = ref()
+            if channel is None:
+                continue
+            try:
+                records.append(channel.record())
+            except Exception:  # a channel mid-teardown; it is retired with its final state
+                self.internal_errors += 1
+        records.extend(retired)
+        return records
+
+    def _process_record(self, channel_count: int) -> dict[str, Any]:
+        return {
+            "type": "process",
+            "started": self._started_at,
+            "python": platform.python_version(),
+            "sdk": __version__,
+            "channels": channel_count,
+            "internal_errors": self.internal_errors,
+        }
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        """Send a full snapshot from the calling thread; True if every datagram went out.
+
+        With ``timeout`` > 0, a datagram the kernel refuses (agent behind or restarting) is
+        retried until the timeout; the reporter thread itself never waits.
+        """
+        deadline = time.monotonic() + timeout if timeout > 0 else None
+        try:
+            return self._send(self.snapshot_records(), deadline)
+        except Exception:
+            self.internal_errors += 1
+            return False
+
+    def hasten(self) -> None:
+        """Ask the thread for a snapshot soon (rate-limited) instead of at the next tick."""
+        self._wake.set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="drainwatch-reporter", daemon=True)
+        self._thread.start()
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: forget the parent's thread, locks and socket."""
+        self._lock = threading.Lock()
+        self._drop_lock = threading.Lock()
+        self._thread = None
+        self._transport.close()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop the thread, send one final snapshot from the caller, close the transport."""
+        self._stopping.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        if self.settings.enabled:
+            self.flush(timeout=min(timeout, 0.5))
+        self._transport.close()
+
+    def _run(self) -> None:
+        interval = self.settings.interval
+        while not self._stopping.is_set():
+            woken_early = self._wake.wait(interval)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            self.flush()
+            if woken_early:
+                time.sleep(_MIN_HASTENED_GAP_SECONDS)
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
