@@ -83,30 +83,14 @@ def _add_retired(summary: ChannelSummary, retired: RetiredTotals) -> None:
 
 def _add_live(summary: ChannelSummary, channels: list[ChannelObject]) -> None:
     """Fold the objects still tracked. Collected ("gone") ones add their counters and
-    close facts but no longer hold items or waiters."""
+    close facts; their last depth and capacity count only when no object of the name is
+    left (the process ended), so the final state stays visible after exit."""
     present = [channel for channel in channels if not channel.gone]
     summary.objects = len(present)
     if not channels:
         return
-    for channel in channels:
-        if summary.created is None or channel.created < summary.created:
-            summary.created = channel.created
-        for key in _COUNTERS:
-            summary.counters[key] += channel.counters[key]
-        for op in _OPS:
-            target, source = summary.wait[op], channel.wait[op]
-            for index, value in enumerate(source):
-                target[index] += value
-    unbounded = False
-    for channel in present:
-        summary.depth += channel.depth
-        unbounded = unbounded or channel.capacity == 0
-        summary.capacity += channel.capacity
-        for op in _OPS:
-            summary.waiters[op] += channel.waiters[op]
-            summary.oldest_wait[op] = max(summary.oldest_wait[op], channel.oldest_wait[op])
-    if unbounded:
-        summary.capacity = 0
+    _add_history(summary, channels)
+    _add_gauges(summary, present, present or channels)
     # Closed when no present object is open; the facts come from every closed object.
     if any(channel.closed is None for channel in present):
         return
@@ -119,3 +103,31 @@ def _add_live(summary: ChannelSummary, channels: list[ChannelObject]) -> None:
     drained = [channel.drained for channel in closed]
     if all(value is not None for value in drained):
         summary.drained = max(value or 0.0 for value in drained)
+
+
+def _add_history(summary: ChannelSummary, channels: list[ChannelObject]) -> None:
+    for channel in channels:
+        if summary.created is None or channel.created < summary.created:
+            summary.created = channel.created
+        for key in _COUNTERS:
+            summary.counters[key] += channel.counters[key]
+        for op in _OPS:
+            target, source = summary.wait[op], channel.wait[op]
+            for index, value in enumerate(source):
+                target[index] += value
+
+
+def _add_gauges(
+    summary: ChannelSummary, present: list[ChannelObject], holding: list[ChannelObject]
+) -> None:
+    unbounded = False
+    for channel in holding:
+        summary.depth += channel.depth
+        unbounded = unbounded or channel.capacity == 0
+        summary.capacity += channel.capacity
+    if unbounded:
+        summary.capacity = 0
+    for channel in present:
+        for op in _OPS:
+            summary.waiters[op] += channel.waiters[op]
+            summary.oldest_wait[op] = max(summary.oldest_wait[op], channel.oldest_wait[op])

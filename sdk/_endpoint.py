@@ -52,20 +52,23 @@ def parse_endpoint(url: str, *, setting: str = "endpoint") -> Endpoint:
     UDP must name a loopback address: datagrams carry stack locations and channel names
     and have no authentication, so they must never cross the pod's network.
     """
+    # A bare setting name is quoted; a described source ("flag --ingest", "config file
+    # x.yaml:3: ...") is shown as given.
+    setting = setting if " " in setting or '"' in setting else f'"{setting}"'
     if not isinstance(url, str) or not url.strip():
         raise EndpointError(
-            f'"{setting}" must be a URL like {DEFAULT_ENDPOINT} or udp://127.0.0.1:9470: {url!r}'
+            f"{setting} must be a URL like {DEFAULT_ENDPOINT} or udp://127.0.0.1:9470: {url!r}"
         )
     parts = urlsplit(url.strip())
     if parts.scheme == "unix":
         path = parts.netloc + parts.path if parts.netloc else parts.path
         if not path.startswith("/"):
             raise EndpointError(
-                f'"{setting}" must be an absolute Unix socket path (unix:///run/x.sock): {url!r}'
+                f"{setting} must be an absolute Unix socket path (unix:///run/x.sock): {url!r}"
             )
         if len(path.encode()) > _MAX_UNIX_PATH or "\x00" in path:
             raise EndpointError(
-                f'"{setting}" socket path must be at most {_MAX_UNIX_PATH} bytes without NUL: '
+                f"{setting} socket path must be at most {_MAX_UNIX_PATH} bytes without NUL: "
                 f"{url!r}; choose a shorter directory"
             )
         return Endpoint("unix", path=path)
@@ -76,21 +79,21 @@ def parse_endpoint(url: str, *, setting: str = "endpoint") -> Endpoint:
             port = None
         host = parts.hostname or ""
         if not port:
-            raise EndpointError(f'"{setting}" must give a UDP port between 1 and 65535: {url!r}')
+            raise EndpointError(f"{setting} must give a UDP port between 1 and 65535: {url!r}")
         if host == "localhost":
             host = "127.0.0.1"
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
             raise EndpointError(
-                f'"{setting}" must use a literal loopback address (127.0.0.1 or ::1): {url!r}'
+                f"{setting} must use a literal loopback address (127.0.0.1 or ::1): {url!r}"
             ) from None
         if not address.is_loopback:
             raise EndpointError(
-                f'"{setting}" must be a loopback address; {host} is not. drainwatch datagrams '
+                f"{setting} must be a loopback address; {host} is not. drainwatch datagrams "
                 f"are unauthenticated and must stay inside the pod: {url!r}"
             )
         return Endpoint("udp", host=str(address), port=port)
     raise EndpointError(
-        f'"{setting}" must start with unix:// or udp://: {url!r}; for example {DEFAULT_ENDPOINT}'
+        f"{setting} must start with unix:// or udp://: {url!r}; for example {DEFAULT_ENDPOINT}"
     )
