@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 # When woken early (after-close bursts), snapshots still come no closer than this.
 _MIN_HASTENED_GAP_SECONDS = 0.05
 _RETRY_PAUSE_SECONDS = 0.005
+_MAX_PENDING_RETIRED = 10_000
 
 
 class Reporter:
@@ -60,10 +61,18 @@ class Reporter:
             self._channels[channel._id] = weakref.ref(channel)
 
     def retire(self, channel_id: int, final_record: dict[str, Any]) -> None:
-        """Keep a collected channel's final state for the next snapshot."""
+        """Keep a collected channel's final state for the next snapshot.
+
+        Bounded: when reporting is off, or the thread cannot keep up with channels being
+        collected, the final state is dropped and counted instead of piling up in memory.
+        """
         with self._lock:
             self._channels.pop(channel_id, None)
-            self._retired.append(final_record)
+            if self.settings.enabled and len(self._retired) < _MAX_PENDING_RETIRED:
+                self._retired.append(final_record)
+                return
+        with self._drop_lock:
+            self._packer.dropped += 1
 
     def channel_refs(self) -> dict[int, weakref.ref[ChannelBase]]:
         with self._lock:

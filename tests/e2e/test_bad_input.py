@@ -8,11 +8,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.processes import run_target, running_agent, short_tmpdir
+from tests.processes import Samples, run_target, running_agent, short_tmpdir
 
 pytestmark = pytest.mark.e2e
 
@@ -97,8 +99,6 @@ def _bad_datagrams() -> dict[str, list[bytes]]:
 
 
 def _rejected(samples_text: str) -> dict[str, float]:
-    from tests.processes import Samples
-
     return {
         labels["reason"]: value
         for labels, value in Samples(samples_text).all("drainwatch_agent_events_rejected_total")
@@ -253,14 +253,11 @@ def test_api_rejects_unknown_and_oversized_query_parameters() -> None:
         unknown, _, unknown_body = agent.get("/api/v1/state?drop=tables")
         long_status, _, _ = agent.get("/api/v1/state?service=" + "x" * 5000)
         twice, _, _ = agent.get("/api/v1/state?service=a&service=b")
-        request = __import__("urllib.request").request.Request(
-            agent.url + "/api/v1/state", data=b"{}", method="POST"
-        )
-        try:
-            __import__("urllib.request").request.urlopen(request, timeout=5)
-            post_status = 200
-        except __import__("urllib.error").error.HTTPError as error:
-            post_status = error.code
+        request = urllib.request.Request(agent.url + "/api/v1/state", data=b"{}", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        post_status = refused.value.code
+        refused.value.close()
     assert ok_status == 200 and content_type.startswith("application/json")
     document = json.loads(body)
     assert [service["name"] for service in document["services"]] == ["steady-svc"]
