@@ -87,8 +87,10 @@ class Reporter:
 
     def emit(self, record: dict[str, Any]) -> None:
         """Send one record now, from the calling thread, without waiting."""
-        if not self._send([record], deadline=None):
-            self._wake.set()  # the next snapshot carries the same cumulative state
+        # When the agent is only behind, a snapshot soon carries the same cumulative state;
+        # when it is absent, an early snapshot would be refused too, so wait for the tick.
+        if not self._send([record], deadline=None) and self._transport.connected:
+            self._wake.set()
 
     def _send(self, records: list[dict[str, Any]], deadline: float | None) -> bool:
         """Pack and send; retry a refused datagram until ``deadline`` (monotonic), if any.

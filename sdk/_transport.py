@@ -27,6 +27,11 @@ class Transport(Protocol):
         """Hand one datagram to the kernel; True if accepted. Never blocks or raises."""
         ...
 
+    @property
+    def connected(self) -> bool:
+        """Whether an agent was reachable at the last attempt (a refusal is then transient)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -78,6 +83,10 @@ class UnixSeqpacketTransport:
             return False
         return True
 
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
     def _discard(self, sock: socket.socket) -> None:
         if self._sock is sock:
             self._sock = None
@@ -113,6 +122,10 @@ class UdpTransport:
             return False
         return True
 
+    @property
+    def connected(self) -> bool:
+        return True  # connectionless: nothing tells an absent agent from a slow one
+
     def close(self) -> None:
         self._sock.close()
 
@@ -121,6 +134,10 @@ class NullTransport:
     """Used when reporting is disabled: every datagram is refused (and counted)."""
 
     def send(self, datagram: bytes) -> bool:
+        return False
+
+    @property
+    def connected(self) -> bool:
         return False
 
     def close(self) -> None:

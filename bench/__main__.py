@@ -1,0 +1,146 @@
+"""``python -m bench [--quick] [--output docs/performance.md]``: run the suite, print the table.
+
+Exit codes: 0 all figures ran (and, in full mode, met their budgets); 1 a budget was missed
+in full mode; 2 a benchmark could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import drainwatch
+
+from .agent_overhead import agent_overhead
+from .channels import awaited_handoff, nowait_pair
+from .close_latency import close_latency
+from .figure import Figure
+from .report import console_table, performance_doc, this_machine, write_doc
+from .threads import thread_handoff
+
+EXIT_BUDGET_MISSED = 1
+EXIT_ERROR = 2
+_DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Iteration counts for one mode."""
+
+    pairs: int
+    pair_rounds: int
+    handoff_items: int
+    handoff_rounds: int
+    thread_items: int
+    thread_rounds: int
+    close_batches: int
+    churn_cycles: int
+    churn_rounds: int
+
+
+QUICK = Plan(
+    pairs=20_000,
+    pair_rounds=5,
+    handoff_items=5_000,
+    handoff_rounds=5,
+    thread_items=5_000,
+    thread_rounds=5,
+    close_batches=4,
+    churn_cycles=2_000,
+    churn_rounds=3,
+)
+FULL = Plan(
+    pairs=50_000,
+    pair_rounds=41,
+    handoff_items=20_000,
+    handoff_rounds=31,
+    thread_items=50_000,
+    thread_rounds=31,
+    close_batches=40,
+    churn_cycles=20_000,
+    churn_rounds=15,
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="Run drainwatch's benchmark suite."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="few iterations: check that everything runs (< 60 s); budgets are not enforced",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="FILE",
+        type=Path,
+        help="write the Markdown report here (full mode default: docs/performance.md)",
+    )
+    return parser
+
+
+def _benchmarks(plan: Plan) -> list[tuple[str, Callable[[], Figure]]]:
+    return [
+        ("nowait pair", lambda: nowait_pair(plan.pairs, plan.pair_rounds)),
+        ("awaited handoff", lambda: awaited_handoff(plan.handoff_items, plan.handoff_rounds)),
+        ("thread handoff", lambda: thread_handoff(plan.thread_items, plan.thread_rounds)),
+        ("close latency", lambda: close_latency(plan.close_batches)),
+        ("agent overhead", lambda: agent_overhead(plan.churn_cycles, plan.churn_rounds)),
+    ]
+
+
+def _run(plan: Plan) -> tuple[list[Figure], list[str]]:
+    figures: list[Figure] = []
+    errors: list[str] = []
+    # The micro-benchmarks never touch the reporter; keep its thread and socket out of them.
+    drainwatch.configure(enabled=False)
+    for label, benchmark in _benchmarks(plan):
+        started = time.monotonic()
+        print(f"running {label} ...", file=sys.stderr, flush=True)
+        try:
+            figures.append(benchmark())
+        except Exception:
+            errors.append(f"{label}: {traceback.format_exc()}")
+            print(f"  {label} failed:\n{traceback.format_exc()}", file=sys.stderr)
+            continue
+        print(f"  done in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+    return figures, errors
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(arguments)
+    plan = QUICK if args.quick else FULL
+    started = time.monotonic()
+    figures, errors = _run(plan)
+    print()
+    print(console_table(figures))
+    print(f"\n{len(figures)} figures in {time.monotonic() - started:.0f} s")
+    if errors:
+        print(f"{len(errors)} benchmark(s) could not run; no report written", file=sys.stderr)
+        return EXIT_ERROR
+    output: Path | None = args.output or (None if args.quick else _DEFAULT_OUTPUT)
+    if output is not None:
+        command = shlex.join(["python", "-m", "bench", *arguments])
+        write_doc(output, performance_doc(figures, command, this_machine(), args.quick))
+        print(f"wrote {output}")
+    missed = [figure for figure in figures if not figure.meets]
+    if args.quick:
+        return 0
+    for figure in missed:
+        print(
+            f"budget missed: {figure.name}: ratio {figure.ratio}, budget {figure.budget}",
+            file=sys.stderr,
+        )
+    return EXIT_BUDGET_MISSED if missed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
