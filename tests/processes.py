@@ -138,6 +138,21 @@ def running_agent(*args: str, env: dict[str, str] | None = None) -> Iterator[Age
         agent.stop()
 
 
+def _target(
+    source: str, endpoint: str, service: str, extra_env: dict[str, str] | None
+) -> tuple[list[str], dict[str, str]]:
+    """Write ``source`` to a script; return its command line and environment."""
+    script = Path(short_tmpdir()) / "target.py"
+    script.write_text(textwrap.dedent(source))
+    env = {
+        **os.environ,
+        "DRAINWATCH_ENDPOINT": endpoint,
+        "DRAINWATCH_SERVICE": service,
+        **(extra_env or {}),
+    }
+    return [sys.executable, str(script)], env
+
+
 def run_target(
     source: str,
     endpoint: str,
@@ -147,22 +162,9 @@ def run_target(
     extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a Python script that uses the SDK, reporting to ``endpoint``."""
-    directory = Path(short_tmpdir())
-    script = directory / "target.py"
-    script.write_text(textwrap.dedent(source))
-    env = {
-        **os.environ,
-        "DRAINWATCH_ENDPOINT": endpoint,
-        "DRAINWATCH_SERVICE": service,
-        **(extra_env or {}),
-    }
+    command, env = _target(source, endpoint, service, extra_env)
     return subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
+        command, capture_output=True, text=True, env=env, timeout=timeout, check=False
     )
 
 
@@ -175,21 +177,9 @@ def started_target(
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[str]]:
     """Start a target script in the background (stdout piped); killed on exit."""
-    directory = Path(short_tmpdir())
-    script = directory / "target.py"
-    script.write_text(textwrap.dedent(source))
-    env = {
-        **os.environ,
-        "DRAINWATCH_ENDPOINT": endpoint,
-        "DRAINWATCH_SERVICE": service,
-        **(extra_env or {}),
-    }
+    command, env = _target(source, endpoint, service, extra_env)
     process = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     try:
         yield process

@@ -13,6 +13,8 @@ from drainwatch.collectors.sdk_decode import Decoded, Envelope
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.records import channel_record
+
 NOW = 1_800_000_000.0
 
 
@@ -25,34 +27,7 @@ class Clock:
 
 
 def channel(channel_id: int, name: str = "orders", **fields: Any) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "type": "channel",
-        "trigger": "snapshot",
-        "id": channel_id,
-        "name": name,
-        "kind": "asyncio",
-        "owner": None,
-        "capacity": 10,
-        "created": NOW - 60,
-        "closed": None,
-        "immediate": False,
-        "closed_by": None,
-        "closed_where": None,
-        "drained": None,
-        "residual": None,
-        "depth": 0,
-        "sent": 0,
-        "received": 0,
-        "discarded": 0,
-        "read_after_close": 0,
-        "send_after_close": 0,
-        "double_close": 0,
-        "waiters": {"send": 0, "receive": 0},
-        "oldest_wait": {"send": 0.0, "receive": 0.0},
-        "wait": {op: {"counts": [0] * 18, "sum": 0.0, "count": 0} for op in ("send", "receive")},
-    }
-    record.update(fields)
-    return record
+    return channel_record(channel_id, name, **{"created": NOW - 60, **fields})
 
 
 class Feeder:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import Samples, run_target, running_agent, short_tmpdir
+from tests.records import channel_record
 
 pytestmark = pytest.mark.e2e
 
@@ -43,32 +44,7 @@ def _envelope(**overrides: object) -> dict[str, object]:
 
 
 def _bad_datagrams() -> dict[str, list[bytes]]:
-    good_channel = {
-        "type": "channel",
-        "trigger": "snapshot",
-        "id": 1,
-        "name": "steady",
-        "kind": "asyncio",
-        "owner": None,
-        "capacity": 0,
-        "created": time.time(),
-        "closed": None,
-        "immediate": False,
-        "closed_by": None,
-        "closed_where": None,
-        "drained": None,
-        "residual": None,
-        "depth": 0,
-        "sent": 10**6,
-        "received": 0,
-        "discarded": 0,
-        "read_after_close": 0,
-        "send_after_close": 0,
-        "double_close": 0,
-        "waiters": {"send": 0, "receive": 0},
-        "oldest_wait": {"send": 0, "receive": 0},
-        "wait": {op: {"counts": [0] * 18, "sum": 0, "count": 0} for op in ("send", "receive")},
-    }
+    good_channel = channel_record(name="steady", capacity=0, sent=10**6)
     wrong_typed = dict(good_channel, sent="lots")
     negative = dict(good_channel, received=-5)
     bool_count = dict(good_channel, depth=True)
