@@ -5,7 +5,6 @@ from __future__ import annotations
 from . import _runtime
 from ._endpoint import parse_endpoint
 from ._settings import (
-    DEFAULT_INTERVAL_SECONDS,
     Settings,
     check_interval,
     check_service,
@@ -31,16 +30,13 @@ def configure(
     if not enabled:
         _runtime.configure(Settings(enabled=False))
         return
-    from_env = settings_from_env()
+    # The environment is read only for what the caller left out, so a bad variable
+    # cannot break an explicit configuration.
+    from_env = settings_from_env() if None in (service, endpoint, interval) else Settings()
     settings = Settings(
-        service=check_service(service, "service") if service is not None else from_env.service,
-        endpoint=parse_endpoint(endpoint) if endpoint is not None else from_env.endpoint,
-        interval=(
-            check_interval(interval, "interval")
-            if interval is not None
-            else from_env.interval or DEFAULT_INTERVAL_SECONDS
-        ),
-        enabled=True,
+        service=from_env.service if service is None else check_service(service, "service"),
+        endpoint=from_env.endpoint if endpoint is None else parse_endpoint(endpoint),
+        interval=from_env.interval if interval is None else check_interval(interval, "interval"),
     )
     _runtime.configure(settings)
 

@@ -50,6 +50,27 @@ class Packer:
         self.dropped = 0
         self._seq = 0
         self._lock = threading.Lock()
+        # The envelope's size with the widest numbers it can hold, so a batch plus its
+        # envelope never exceeds batch_bytes whatever the service name.
+        widest = _dumps(
+            {
+                "v": PROTOCOL_VERSION,
+                "service": self.service,
+                "instance": self.instance,
+                "pid": 2**31,
+                "seq": 2**63,
+                "time": -1.7976931348623157e308,
+                "dropped": 2**63,
+            }
+        )
+        self._envelope_bytes = len(widest.encode()) + len(',"records":[]}')
+
+    def successor(self, service: str | None) -> Packer:
+        """A packer for new settings of the same process: same instance, same sequence."""
+        following = Packer(service, self.batch_bytes)
+        following.instance, following.pid = self.instance, self.pid
+        following._seq, following.dropped = self._seq, self.dropped
+        return following
 
     def _next_seq(self) -> int:
         with self._lock:
@@ -87,7 +108,7 @@ class Packer:
         return self._split(encoded)
 
     def _split(self, encoded: Sequence[bytes]) -> list[tuple[bytes, int]]:
-        budget = self.batch_bytes - 256  # room for the envelope
+        budget = self.batch_bytes - self._envelope_bytes
         datagrams: list[tuple[bytes, int]] = []
         batch: list[bytes] = []
         size = 0

@@ -12,6 +12,7 @@ import platform
 import threading
 import time
 import weakref
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._protocol import Packer
@@ -40,14 +41,17 @@ class Reporter:
         settings: Settings,
         transport: Transport,
         channels: dict[int, weakref.ref[ChannelBase]] | None = None,
+        packer: Packer | None = None,
     ) -> None:
         self.settings = settings
         self._transport = transport
-        self._packer = Packer(settings.service)
+        self._packer = Packer(settings.service) if packer is None else packer
         self._channels: dict[int, weakref.ref[ChannelBase]] = dict(channels or {})
-        self._retired: list[dict[str, Any]] = []
+        # Final records of collected channels, appended from __del__ without any lock: a
+        # collection can run inside an allocation made while this thread holds _lock.
+        self._retired: deque[tuple[int, dict[str, Any]]] = deque()
         self._lock = threading.Lock()
-        self._drop_lock = threading.Lock()
+        self._drop_lock = threading.RLock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -63,20 +67,23 @@ class Reporter:
     def retire(self, channel_id: int, final_record: dict[str, Any]) -> None:
         """Keep a collected channel's final state for the next snapshot.
 
-        Bounded: when reporting is off, or the thread cannot keep up with channels being
-        collected, the final state is dropped and counted instead of piling up in memory.
+        Called from ``__del__``, so it takes no lock. Bounded: when reporting is off, or
+        the thread cannot keep up with channels being collected, the final state is
+        dropped (and counted) instead of piling up in memory.
         """
-        with self._lock:
-            self._channels.pop(channel_id, None)
-            if self.settings.enabled and len(self._retired) < _MAX_PENDING_RETIRED:
-                self._retired.append(final_record)
-                return
+        if self.settings.enabled and len(self._retired) < _MAX_PENDING_RETIRED:
+            self._retired.append((channel_id, final_record))
+            return
         with self._drop_lock:
             self._packer.dropped += 1
 
     def channel_refs(self) -> dict[int, weakref.ref[ChannelBase]]:
         with self._lock:
             return dict(self._channels)
+
+    @property
+    def packer(self) -> Packer:
+        return self._packer
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -109,9 +116,13 @@ class Reporter:
         return delivered
 
     def snapshot_records(self) -> list[dict[str, Any]]:
+        retired: list[dict[str, Any]] = []
         with self._lock:
+            while self._retired:
+                channel_id, final_record = self._retired.popleft()
+                self._channels.pop(channel_id, None)
+                retired.append(final_record)
             refs = list(self._channels.values())
-            retired, self._retired = self._retired, []
         records: list[dict[str, Any]] = [self._process_record(len(refs))]
         for ref in refs:
             channel = ref()
@@ -162,7 +173,7 @@ class Reporter:
     def reset_after_fork(self) -> None:
         """In a forked child: forget the parent's thread, locks and socket."""
         self._lock = threading.Lock()
-        self._drop_lock = threading.Lock()
+        self._drop_lock = threading.RLock()
         self._thread = None
         self._transport.close()
 

@@ -29,7 +29,7 @@ _explicit: Settings | None = None
 _hooks_installed = False
 
 
-def _build(settings: Settings, previous: Reporter | None) -> Reporter:
+def _build(settings: Settings, previous: Reporter | None, same_process: bool = True) -> Reporter:
     transport: Transport = NullTransport()
     if settings.enabled:
         try:
@@ -41,7 +41,13 @@ def _build(settings: Settings, previous: Reporter | None) -> Reporter:
                 error,
             )
     channels = previous.channel_refs() if previous is not None else None
-    reporter = Reporter(settings, transport, channels)
+    # Reconfiguring keeps the process's identity; a forked child is a new process.
+    packer = (
+        previous.packer.successor(settings.service)
+        if previous is not None and same_process
+        else None
+    )
+    reporter = Reporter(settings, transport, channels, packer)
     if settings.enabled:
         reporter.start()
     return reporter
@@ -117,7 +123,7 @@ def _after_fork_in_child() -> None:
     if previous is None:
         return
     previous.reset_after_fork()
-    _reporter = _build(_explicit or previous.settings, previous)
+    _reporter = _build(_explicit or previous.settings, previous, same_process=False)
 
 
 def register(channel: ChannelBase) -> None:

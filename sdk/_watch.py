@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from ._caller import caller_location, current_actor
 from ._channel_base import ChannelBase
 
-Q = TypeVar("Q", asyncio.Queue[Any], queue.Queue[Any])
+Q = TypeVar("Q", bound=asyncio.Queue[Any] | queue.Queue[Any])
 
 _ATTRIBUTE = "_drainwatch_watch"
 
@@ -46,8 +46,14 @@ class QueueWatch(ChannelBase):
         self._init_state(name, target.maxsize, owner, strict=False)
 
     def qsize(self) -> int:
+        # Lock-free: the hooks run inside queue.Queue's own (non-reentrant) mutex, and
+        # the reporter thread must never wait on the application's queue.
         target = self._queue_ref()
-        return target.qsize() if target is not None else 0
+        if target is None:
+            return 0
+        if isinstance(target, queue.Queue):
+            return target._qsize()
+        return target.qsize()
 
     def record(self, trigger: str = "snapshot") -> dict[str, Any]:
         record = super().record(trigger)
@@ -92,6 +98,14 @@ class QueueWatch(ChannelBase):
     def on_shutdown(self, immediate: bool, actor: str, location: str) -> None:
         if self._closed:
             self._double_close += 1
+            if immediate:
+                # A graceful shutdown followed by an immediate one: the queue discards
+                # whatever is still buffered right after this.
+                remaining = self.qsize()
+                self._discarded += remaining
+                self._immediate = True
+                if self._drained_at is None:
+                    self._drained_at = time.time()
             self._emit("double_close")
             return
         # The queue's own shutdown() discards the items right after this.
