@@ -30,6 +30,7 @@ class Limits:
     max_channels_per_service: int = 2000
     max_instances_per_service: int = 64
     max_channel_objects_per_instance: int = 10_000
+    max_methods_per_instance: int = 500
     max_label_length: int = 128
 
 

@@ -227,7 +227,14 @@ def _agent_families(
         "Values folded into 'other' or cut by a cardinality limit, by limit.",
         labels=["service", "limit"],
     )
-    for limit in ("services", "channels", "instances", "channel_objects", "label_length"):
+    for limit in (
+        "services",
+        "channels",
+        "instances",
+        "channel_objects",
+        "methods",
+        "label_length",
+    ):
         capped_family.add_metric([service, limit], capped.get(limit, 0))
     yield capped_family
     per_service: dict[str, list[int]] = {}

@@ -22,6 +22,7 @@ from drainwatch._histogram import WAIT_BUCKETS
 from drainwatch.collectors.sdk_decode import Decoded, Envelope
 
 from .config import Limits
+from .shutdown_state import InflightMethod, merge_shutdown
 
 OTHER = "other"
 _COUNTERS = (
@@ -107,6 +108,8 @@ class Instance:
     connected: bool = True
     disconnected_at: float | None = None
     channels: dict[int, ChannelObject] = field(default_factory=dict)
+    shutdown: dict[str, Any] | None = None
+    inflight: dict[tuple[str, str], InflightMethod] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -171,12 +174,29 @@ class State:
             instance = self._instance(decoded.envelope)
             for record in decoded.records:
                 self.counters.records += 1
-                if record["type"] == "channel":
+                kind = record["type"]
+                if kind == "channel":
                     self._apply_channel(instance, record)
+                elif kind == "shutdown":
+                    instance.shutdown = merge_shutdown(instance.shutdown, record)
+                elif kind == "inflight":
+                    self._apply_inflight(instance, record)
                 else:
                     instance.started = record["started"]
                     instance.python = record["python"]
                     instance.sdk = record["sdk"]
+
+    def _apply_inflight(self, instance: Instance, record: dict[str, Any]) -> None:
+        key = (record["protocol"], self._label(record["method"]))
+        method = instance.inflight.get(key)
+        if method is None:
+            if len(instance.inflight) >= self.limits.max_methods_per_instance:
+                self._capped("methods")
+                key = (record["protocol"], OTHER)
+                method = instance.inflight.get(key)
+            if method is None:
+                method = instance.inflight[key] = InflightMethod(*key)
+        method.merge(record)
 
     def _service(self, raw_name: str | None) -> Service:
         name = self._label(raw_name or self.default_service)

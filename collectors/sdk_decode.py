@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from drainwatch._histogram import WAIT_BUCKETS
 from drainwatch._protocol import MAX_DATAGRAM_BYTES, PROTOCOL_VERSION
@@ -31,6 +31,12 @@ _MAX_TIMESTAMP: Final = 7_258_118_400.0
 _MAX_COUNT: Final = 2**63 - 1
 _BUCKET_COUNT: Final = len(WAIT_BUCKETS) + 1
 _CHANNEL_KINDS: Final = frozenset({"asyncio", "thread", "asyncio_queue", "thread_queue"})
+_PROTOCOLS: Final = frozenset({"grpc", "http", "websocket"})
+_OUTCOMES: Final = ("ok", "error", "cancelled", "aborted_at_shutdown", "rejected_draining")
+_PHASES: Final = frozenset({"running", "signalled", "draining", "stopping", "stopped"})
+_ROLES: Final = frozenset({"business", "health", "metrics", "unknown"})
+_MAX_ENTRIES: Final = 64
+_MAX_TOPOLOGY_NODES: Final = 128
 _TRIGGERS: Final = frozenset(
     {
         "snapshot",
@@ -153,7 +159,132 @@ def _check_record(record: object) -> str | None:
         return _check_channel(record)
     if kind == "process":
         return _check_process(record)
+    if kind == "inflight":
+        return _check_inflight(record)
+    if kind == "shutdown":
+        return _check_shutdown(record)
     return UNKNOWN_TYPE
+
+
+def _check_inflight(record: dict[str, Any]) -> str | None:
+    outcomes = record.get("outcomes")
+    ok = (
+        record.get("protocol") in _PROTOCOLS
+        and _is_text(record.get("method"))
+        and _is_int(record.get("active"))
+        and _is_int(record.get("started_during_drain"))
+        and type(outcomes) is dict
+        and len(outcomes) == len(_OUTCOMES)
+        and all(_is_int(outcomes.get(outcome)) for outcome in _OUTCOMES)
+        and _check_histogram(record.get("duration"))
+    )
+    return None if ok else SCHEMA
+
+
+def _is_small_map(value: object) -> TypeGuard[dict[str, Any]]:
+    """A JSON object of at most _MAX_ENTRIES entries with short keys ("" allowed)."""
+    return (
+        type(value) is dict
+        and len(value) <= _MAX_ENTRIES
+        and all(len(key) <= MAX_STRING_CHARS for key in value)
+    )
+
+
+def _check_step(step: object) -> bool:
+    return (
+        type(step) is dict
+        and _is_timestamp(step.get("started"))
+        and _is_optional_timestamp(step.get("finished"))
+        and step.get("ok") in (None, True, False)
+        and _is_optional_text(step.get("detail"))
+    )
+
+
+def _check_listener(listener: object) -> bool:
+    return (
+        type(listener) is dict
+        and listener.get("role") in _ROLES
+        and (listener.get("port") is None or _is_int(listener.get("port"), 0, 65535))
+        and _is_timestamp(listener.get("opened"))
+        and _is_optional_timestamp(listener.get("stop_started"))
+        and _is_optional_timestamp(listener.get("closed"))
+    )
+
+
+def _check_component(component: object) -> bool:
+    if type(component) is not dict or not _is_text(component.get("name")):
+        return False
+    depends_on = component.get("depends_on")
+    return (
+        type(depends_on) is list
+        and len(depends_on) <= _MAX_TOPOLOGY_NODES
+        and all(_is_text(name) for name in depends_on)
+        and _is_optional_text(component.get("role"))
+    )
+
+
+def _check_topology(topology: object) -> bool:
+    if topology is None:
+        return True
+    if type(topology) is not dict:
+        return False
+    components = topology.get("components")
+    return (
+        type(components) is list
+        and len(components) <= _MAX_TOPOLOGY_NODES
+        and all(_check_component(component) for component in components)
+    )
+
+
+def _check_signal(signal: object) -> bool:
+    return (
+        type(signal) is dict
+        and _is_text(signal.get("signal"), 32)
+        and _is_timestamp(signal.get("at"))
+    )
+
+
+def _check_health(health: object) -> bool:
+    return (
+        type(health) is dict
+        and _is_text(health.get("status"), 32)
+        and _is_timestamp(health.get("at"))
+    )
+
+
+def _check_exit_counts(counts: object) -> bool:
+    return counts is None or (
+        type(counts) is dict
+        and set(counts) <= _PROTOCOLS
+        and all(_is_int(count) for count in counts.values())
+    )
+
+
+def _check_shutdown(record: dict[str, Any]) -> str | None:
+    signals = record.get("signals")
+    steps = record.get("steps")
+    health = record.get("health")
+    listeners = record.get("listeners")
+    exit_code = record.get("exit_code")
+    ok = (
+        record.get("phase") in _PHASES
+        and type(signals) is list
+        and len(signals) <= _MAX_ENTRIES
+        and all(_check_signal(signal) for signal in signals)
+        and _is_small_map(steps)
+        and all(_check_step(step) for step in steps.values())
+        and record.get("ready") in (None, True, False)
+        and _is_optional_timestamp(record.get("ready_changed"))
+        and _is_small_map(health)
+        and all(_check_health(entry) for entry in health.values())
+        and _is_small_map(listeners)
+        and all(_check_listener(listener) for listener in listeners.values())
+        and _is_optional_timestamp(record.get("exited"))
+        and (exit_code is None or _is_int(exit_code, -255, 255))
+        and _check_exit_counts(record.get("inflight_at_exit"))
+        and _check_topology(record.get("topology"))
+    )
+    return None if ok else SCHEMA
 
 
 def _check_process(record: dict[str, Any]) -> str | None:

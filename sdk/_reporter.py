@@ -15,6 +15,8 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from . import _shutdown
+from ._inflight import REGISTRY as INFLIGHT
 from ._protocol import Packer
 from ._settings import Settings
 from ._transport import Transport
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
 _MIN_HASTENED_GAP_SECONDS = 0.05
 _RETRY_PAUSE_SECONDS = 0.005
 _MAX_PENDING_RETIRED = 10_000
+# While the process shuts down every 100 ms matters: the agent's last view of what was in
+# flight is at most this old if the process is SIGKILLed.
+SHUTDOWN_INTERVAL_SECONDS = 0.1
 
 
 class Reporter:
@@ -99,6 +104,12 @@ class Reporter:
         if not self._send([record], deadline=None) and self._transport.connected:
             self._wake.set()
 
+    def emit_many(self, records: list[dict[str, Any]]) -> None:
+        """Send several records now, packed together, then wake the thread so it picks up
+        the shutdown interval (and resends soon if this send was refused)."""
+        self._send(records, deadline=None)
+        self._wake.set()
+
     def _send(self, records: list[dict[str, Any]], deadline: float | None) -> bool:
         """Pack and send; retry a refused datagram until ``deadline`` (monotonic), if any.
 
@@ -124,6 +135,7 @@ class Reporter:
                 retired.append(final_record)
             refs = list(self._channels.values())
         records: list[dict[str, Any]] = [self._process_record(len(refs))]
+        records.extend(self.shutdown_records())
         for ref in refs:
             channel = ref()
             if channel is None:
@@ -134,6 +146,11 @@ class Reporter:
                 self.internal_errors += 1
         records.extend(retired)
         return records
+
+    @staticmethod
+    def shutdown_records() -> list[dict[str, Any]]:
+        """The shutdown state and the in-flight counters: what the agent judges a drain by."""
+        return [_shutdown.STATE.record(), *INFLIGHT.records()]
 
     def _process_record(self, channel_count: int) -> dict[str, Any]:
         return {
@@ -189,8 +206,10 @@ class Reporter:
         self._transport.close()
 
     def _run(self) -> None:
-        interval = self.settings.interval
         while not self._stopping.is_set():
+            interval = self.settings.interval
+            if _shutdown.STATE.shutting_down:
+                interval = min(interval, SHUTDOWN_INTERVAL_SECONDS)
             woken_early = self._wake.wait(interval)
             self._wake.clear()
             if self._stopping.is_set():

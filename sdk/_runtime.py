@@ -109,8 +109,16 @@ def shutdown(timeout: float = 1.0) -> None:
 
 def _at_exit() -> None:
     reporter = _reporter
-    if reporter is not None:
-        reporter.stop(timeout=0.5)
+    if reporter is None:
+        return
+    from ._inflight import REGISTRY
+    from ._shutdown import STATE
+
+    try:
+        STATE.note_exit(None, REGISTRY.unfinished_by_protocol())
+    except Exception:
+        note_internal_error()
+    reporter.stop(timeout=0.5)
 
 
 def _after_fork_in_child() -> None:
@@ -141,6 +149,12 @@ def retire(channel_id: int, record: dict[str, Any]) -> None:
 
 def emit(record: dict[str, Any]) -> None:
     current().emit(record)
+
+
+def emit_shutdown() -> None:
+    """Send the shutdown state and in-flight counters now (a shutdown event happened)."""
+    reporter = current()
+    reporter.emit_many(reporter.shutdown_records())
 
 
 def hasten() -> None:
