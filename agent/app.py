@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from .config import AgentConfig, ListenAddress
 from .http_api import build_app
 from .metrics import StateCollector
+from .report_store import DrainReports
 from .state import State
 
 logger = logging.getLogger("drainwatch.agent")
@@ -27,8 +28,9 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.state = State(config.limits, config.service)
+        self.reports = DrainReports(self.state, config.drain_budget_seconds)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StateCollector(self.state))
+        self.registry.register(StateCollector(self.state, self.reports))
         ProcessCollector(registry=self.registry)
         self.ingests: list[Ingest] = []
         self.http_address: ListenAddress | None = None
@@ -53,7 +55,7 @@ class Agent:
             logger.info("drainwatch agent: stopping")
 
     async def _start_http(self, stack: contextlib.AsyncExitStack) -> None:
-        app = build_app(self.state, self.registry, self.ready)
+        app = build_app(self.state, self.registry, self.ready, self.reports)
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=_HTTP_SHUTDOWN_SECONDS
         )

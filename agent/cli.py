@@ -1,4 +1,4 @@
-"""The ``drainwatch`` command: ``agent`` (the sidecar) and ``demo``.
+"""The ``drainwatch`` command: ``agent`` (the sidecar), ``demo``, ``run`` and ``report``.
 
 Exit codes: 0 done, 1 a check or the demo failed, 2 usage or configuration error.
 """
@@ -52,6 +52,11 @@ def _add_agent_flags(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="forget a process this long after it was last heard (default 300)",
     )
+    parser.add_argument(
+        "--drain-budget",
+        metavar="SECONDS",
+        help="grace budget of a shutdown: terminationGracePeriodSeconds minus preStop (default 30)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,10 +81,75 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="example script to run (default examples/orders_pipeline.py)",
     )
+    _add_run_parser(commands)
     demo.add_argument(
         "--once", action="store_true", help="exit after printing instead of serving until Ctrl-C"
     )
+    _add_report_parser(commands)
     return parser
+
+
+def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = commands.add_parser(
+        "run",
+        help="run a command with zero-code instrumentation",
+        description="Exec CMD (same PID) with drainwatch's auto-instrumentation: gRPC, "
+        "grpc_health, aiohttp and uvicorn servers report in-flight requests, listeners "
+        "and the shutdown to the agent.",
+        usage="drainwatch run [--service NAME] [--endpoint URL] [--health-ports PORTS] "
+        "-- CMD [ARGS...]",
+    )
+    run.add_argument("--service", metavar="NAME", help="service name (DRAINWATCH_SERVICE)")
+    run.add_argument("--endpoint", metavar="URL", help="agent ingest URL (DRAINWATCH_ENDPOINT)")
+    run.add_argument(
+        "--health-ports",
+        metavar="PORTS",
+        help="comma-separated ports whose listeners are health endpoints",
+    )
+    run.add_argument(
+        "target", nargs=argparse.REMAINDER, metavar="CMD", help="the command to run, after --"
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from drainwatch._run_command import RunError, build_environment, exec_command
+
+    command = list(args.target)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    try:
+        env = build_environment(
+            os.environ, service=args.service, endpoint=args.endpoint, health_ports=args.health_ports
+        )
+        exec_command(command, env)
+    except RunError as error:
+        print(f"drainwatch run: {error}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _add_report_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    report = commands.add_parser(
+        "report",
+        help="print the drain report (waterfall and verdict) of the last shutdown",
+        description="Fetch the drain reports from a running agent and print each one: the "
+        "shutdown waterfall on the budget's time axis, the violations with their runbooks "
+        "and the verdict. Exit code 0 = no violation, 1 = violations, 2 = agent unreachable.",
+    )
+    report.add_argument(
+        "--agent",
+        metavar="URL",
+        default="http://127.0.0.1:9469",
+        help="the agent's HTTP address (its --listen; default http://127.0.0.1:9469)",
+    )
+    report.add_argument("--service", metavar="NAME", help="only this service")
+    report.add_argument("--all", action="store_true", help="every kept report, not the latest")
+    report.add_argument("--json", action="store_true", help="print the JSON document as served")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report_cli import run_report
+
+    return run_report(args.agent, args.service, args.json, everything=args.all)
 
 
 def _flag_layer(args: argparse.Namespace) -> Layer:
@@ -91,6 +161,7 @@ def _flag_layer(args: argparse.Namespace) -> Layer:
         "service": ("--service", args.service),
         "log_level": ("--log-level", args.log_level),
         "retention_seconds": ("--retention-seconds", args.retention_seconds),
+        "drain_budget_seconds": ("--drain-budget", args.drain_budget),
     }
     return {
         key: (value, Source(f"flag {flag}"))
@@ -126,9 +197,8 @@ async def _serve(agent: Agent, stop: asyncio.Event) -> None:
     await agent.run(stop)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _agent_command(args: argparse.Namespace) -> int:
+    """``agent`` and ``demo``: both load the agent's configuration and run an agent."""
     try:
         from drainwatch.collectors.sdk_ingest import IngestError
 
@@ -146,19 +216,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"drainwatch {args.command}: configuration error: {error}", file=sys.stderr)
         return EXIT_USAGE
     _setup_logging(config.log_level)
+    code = 0
     try:
         if args.command == "demo":
             from .demo import run_demo
 
-            return asyncio.run(run_demo(config, args.example, args.once))
-        stop = asyncio.Event()
-        asyncio.run(_serve(Agent(config), stop))
+            code = asyncio.run(run_demo(config, args.example, args.once))
+        else:
+            asyncio.run(_serve(Agent(config), asyncio.Event()))
     except IngestError as error:
         print(f"drainwatch {args.command}: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        code = EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
-    return 0
+        code = 130
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "report":
+        return _report(args)
+    return _agent_command(args)
 
 
 if __name__ == "__main__":

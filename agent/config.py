@@ -16,6 +16,9 @@ from drainwatch._endpoint import DEFAULT, Endpoint, EndpointError, parse_endpoin
 
 DEFAULT_LISTEN = "127.0.0.1:9469"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# Kubernetes' default terminationGracePeriodSeconds: the time from SIGTERM to SIGKILL.
+DEFAULT_DRAIN_BUDGET_SECONDS = 30.0
+_DRAIN_BUDGET_RANGE = (0.1, 86_400.0)
 
 
 class ConfigError(Exception):
@@ -51,6 +54,8 @@ class AgentConfig:
     service: str | None = None
     log_level: str = "info"
     retention_seconds: float = 300.0
+    # The grace budget of a shutdown: terminationGracePeriodSeconds minus the preStop hook.
+    drain_budget_seconds: float = DEFAULT_DRAIN_BUDGET_SECONDS
     limits: Limits = field(default_factory=Limits)
 
 
@@ -135,6 +140,16 @@ def parse_seconds(value: object, where: str, low: float = 1.0, high: float = 86_
     return float(number)
 
 
+def parse_drain_budget(value: object, where: str) -> float:
+    try:
+        return parse_seconds(value, where, *_DRAIN_BUDGET_RANGE)
+    except ConfigError as error:
+        raise ConfigError(
+            f"{error}; set it to terminationGracePeriodSeconds minus the preStop hook's "
+            "duration (Kubernetes' default grace period is 30)"
+        ) from None
+
+
 def parse_limit(value: object, where: str, low: int = 1, high: int = 1_000_000) -> int:
     number: object = value
     if isinstance(value, str) and value.strip().isdigit():
@@ -150,6 +165,7 @@ _TOP_LEVEL_PARSERS: dict[str, Any] = {
     "service": parse_service,
     "log_level": parse_log_level,
     "retention_seconds": parse_seconds,
+    "drain_budget_seconds": parse_drain_budget,
 }
 _LIMIT_KEYS = tuple(f.name for f in fields(Limits))
 _LABEL_LENGTH_RANGE = (16, 1024)

@@ -25,6 +25,7 @@ ENVIRONMENT_KEYS: dict[str, str] = {
     "DRAINWATCH_SERVICE": "service",
     "DRAINWATCH_AGENT_LOG_LEVEL": "log_level",
     "DRAINWATCH_AGENT_RETENTION_SECONDS": "retention_seconds",
+    "DRAINWATCH_AGENT_DRAIN_BUDGET_SECONDS": "drain_budget_seconds",
 }
 ENV_CONFIG_FILE = "DRAINWATCH_AGENT_CONFIG"
 

@@ -1,4 +1,5 @@
-"""The agent's HTTP surface: /metrics, /healthz, /readyz and the read-only JSON API.
+"""The agent's HTTP surface: /metrics, /healthz, /readyz and the read-only JSON API
+(``/api/v1/state``, ``/api/v1/report``).
 
 Scrapes are rendered in a worker thread so a large exposition never stalls ingest on the
 event loop. Only GET (and HEAD) exist; everything is read-only.
@@ -14,13 +15,17 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from .report_store import DrainReports
 from .state import State
 from .state_json import state_document
 
 _MAX_QUERY_VALUE = 256
 _STATE_PARAMETERS = frozenset({"service"})
+_REPORT_PARAMETERS = frozenset({"service", "all"})
+_FLAGS = {"1": True, "true": True, "0": False, "false": False}
 
 STATE_KEY = web.AppKey("state", State)
+REPORTS_KEY = web.AppKey("reports", DrainReports)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 READY_KEY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")
 
@@ -47,21 +52,47 @@ async def readyz(request: web.Request) -> web.Response:
     return web.Response(text="ingest is not listening yet\n", status=503)
 
 
-async def api_state(request: web.Request) -> web.Response:
-    unknown = sorted(set(request.query) - _STATE_PARAMETERS)
+def _query_error(request: web.Request, known: frozenset[str]) -> str | None:
+    """Why the query string is refused, or None: unknown, repeated or oversized values."""
+    unknown = sorted(set(request.query) - known)
     if unknown:
-        return _bad_request(
+        return (
             f"unknown query parameter {unknown[0][:_MAX_QUERY_VALUE]!r}; "
-            f"this endpoint takes: {', '.join(sorted(_STATE_PARAMETERS))}"
+            f"this endpoint takes: {', '.join(sorted(known))}"
         )
-    services = request.query.getall("service", [])
-    if len(services) > 1:
-        return _bad_request('"service" may be given once')
-    service = services[0] if services else None
-    if service is not None and not 0 < len(service) <= _MAX_QUERY_VALUE:
-        return _bad_request(f'"service" must be 1 to {_MAX_QUERY_VALUE} characters')
+    for name in sorted(known):
+        values = request.query.getall(name, [])
+        if len(values) > 1:
+            return f'"{name}" may be given once'
+        if values and not 0 < len(values[0]) <= _MAX_QUERY_VALUE:
+            return f'"{name}" must be 1 to {_MAX_QUERY_VALUE} characters'
+    return None
+
+
+async def api_state(request: web.Request) -> web.Response:
+    error = _query_error(request, _STATE_PARAMETERS)
+    if error is not None:
+        return _bad_request(error)
+    service = request.query.get("service")
     loop = asyncio.get_running_loop()
     document = await loop.run_in_executor(None, state_document, request.app[STATE_KEY], service)
+    return web.json_response(document, dumps=lambda value: json.dumps(value, indent=1))
+
+
+async def api_report(request: web.Request) -> web.Response:
+    """Drain reports: the latest per service, ``?service=NAME`` for one, ``?all=1`` for
+    every kept report (newest first)."""
+    error = _query_error(request, _REPORT_PARAMETERS)
+    if error is not None:
+        return _bad_request(error)
+    everything = _FLAGS.get(request.query.get("all", "0").lower())
+    if everything is None:
+        return _bad_request(f'"all" must be 1, 0, true or false: {request.query["all"]!r}')
+    reports = request.app[REPORTS_KEY]
+    loop = asyncio.get_running_loop()
+    document = await loop.run_in_executor(
+        None, reports.document, request.query.get("service"), everything
+    )
     return web.json_response(document, dumps=lambda value: json.dumps(value, indent=1))
 
 
@@ -71,6 +102,7 @@ async def index(request: web.Request) -> web.Response:
             "drainwatch agent\n\n"
             "/metrics        Prometheus exposition (OpenMetrics when asked)\n"
             "/api/v1/state   everything the agent knows, as JSON (?service=NAME)\n"
+            "/api/v1/report  drain reports: latest per service (?service=NAME, ?all=1)\n"
             "/healthz        liveness\n"
             "/readyz         readiness: ingest is listening\n"
         )
@@ -78,10 +110,14 @@ async def index(request: web.Request) -> web.Response:
 
 
 def build_app(
-    state: State, registry: CollectorRegistry, ready: Callable[[], bool]
+    state: State,
+    registry: CollectorRegistry,
+    ready: Callable[[], bool],
+    reports: DrainReports | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=1024)
     app[STATE_KEY] = state
+    app[REPORTS_KEY] = reports if reports is not None else DrainReports(state)
     app[REGISTRY_KEY] = registry
     app[READY_KEY] = ready
     app.router.add_get("/", index)
@@ -89,4 +125,5 @@ def build_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1/state", api_state)
+    app.router.add_get("/api/v1/report", api_report)
     return app

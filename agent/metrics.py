@@ -22,6 +22,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .channel_summary import ChannelSummary, summarize
+from .report_store import DrainReports
+from .shutdown_metrics import collect_shutdown
 from .state import _OPS, State
 
 _CHANNEL_COUNTERS = (
@@ -60,10 +62,12 @@ class _ProcessView:
 
 
 class StateCollector(Collector):
-    """Exports channel and agent self metrics; a scrape never raises on odd state."""
+    """Exports channel, request, shutdown and agent self metrics; a scrape never raises on
+    odd state. Without ``reports`` it keeps its own drain reports (default budget)."""
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, reports: DrainReports | None = None) -> None:
         self._state = state
+        self._reports = reports if reports is not None else DrainReports(state)
 
     def collect(self) -> Iterator[Metric]:
         state = self._state
@@ -85,6 +89,7 @@ class StateCollector(Collector):
             capped = dict(state.counters.capped)
         agent_service = state.default_service
         yield from _channel_families(summaries)
+        yield from collect_shutdown(state, self._reports)
         yield from _agent_families(agent_service, processes, datagrams, records, rejected, capped)
 
 

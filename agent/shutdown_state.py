@@ -41,6 +41,14 @@ class InflightMethod:
             self.duration[:-1] = histogram["counts"]
             self.duration[-1] = float(histogram["sum"])
 
+    def absorb(self, other: InflightMethod) -> None:
+        """Add the counters of a method of a process that is forgotten (retired totals)."""
+        self.started_during_drain += other.started_during_drain
+        for outcome in OUTCOMES:
+            self.outcomes[outcome] += other.outcomes[outcome]
+        for index, value in enumerate(other.duration):
+            self.duration[index] += value
+
 
 def merge_shutdown(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """The union of two cumulative shutdown views; never loses a fact either one has."""

@@ -110,6 +110,9 @@ class Instance:
     channels: dict[int, ChannelObject] = field(default_factory=dict)
     shutdown: dict[str, Any] | None = None
     inflight: dict[tuple[str, str], InflightMethod] = field(default_factory=dict)
+    # Request outcomes when the shutdown began (first datagram with a phase past
+    # "running"), so a drain report can tell what happened during the shutdown.
+    outcomes_at_shutdown: dict[tuple[str, str], dict[str, int]] | None = None
 
 
 @dataclass(slots=True)
@@ -118,6 +121,8 @@ class Service:
     instances: dict[str, Instance] = field(default_factory=dict)
     retired: dict[str, RetiredTotals] = field(default_factory=dict)
     channel_names: set[str] = field(default_factory=set)
+    # request counters of processes that were forgotten, so request totals never go back
+    retired_requests: dict[tuple[str, str], InflightMethod] = field(default_factory=dict)
     # dropped / lost counts of processes that were forgotten, so the totals never go back
     retired_dropped: int = 0
     retired_lost: int = 0
@@ -144,6 +149,8 @@ class State:
         self.services: dict[str, Service] = {}
         self.counters = AgentCounters()
         self._wall_clock = wall_clock
+        # Called with the lock held just before a process is forgotten (drain reports).
+        self.retire_observers: list[Callable[[Service, Instance], None]] = []
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -185,6 +192,10 @@ class State:
                     instance.started = record["started"]
                     instance.python = record["python"]
                     instance.sdk = record["sdk"]
+            if instance.outcomes_at_shutdown is None and _shutting_down(instance):
+                instance.outcomes_at_shutdown = {
+                    key: dict(method.outcomes) for key, method in instance.inflight.items()
+                }
 
     def _apply_inflight(self, instance: Instance, record: dict[str, Any]) -> None:
         key = (record["protocol"], self._label(record["method"]))
@@ -281,8 +292,20 @@ class State:
         self._retire_channel(service, instance, victim)
 
     def _retire_instance(self, service: Service, instance: Instance) -> None:
+        for observer in self.retire_observers:
+            observer(service, instance)
         for channel_id in list(instance.channels):
             self._retire_channel(service, instance, channel_id)
+        for (protocol, name), method in instance.inflight.items():
+            key = (protocol, name)
+            retired = service.retired_requests.get(key)
+            if retired is None:
+                if len(service.retired_requests) >= self.limits.max_methods_per_instance:
+                    key = (protocol, OTHER)
+                    retired = service.retired_requests.get(key)
+                if retired is None:
+                    retired = service.retired_requests[key] = InflightMethod(*key)
+            retired.absorb(method)
         service.retired_dropped += instance.dropped
         service.retired_lost += instance.lost
         service.instances.pop(instance.instance, None)
@@ -312,6 +335,11 @@ class State:
         for service in self.services.values():
             for instance in service.instances.values():
                 yield service, instance
+
+
+def _shutting_down(instance: Instance) -> bool:
+    shutdown = instance.shutdown
+    return shutdown is not None and shutdown["phase"] != "running"
 
 
 def _oldest_instance(service: Service) -> Instance:

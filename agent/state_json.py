@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from drainwatch._version import __version__
@@ -46,6 +47,18 @@ def _instance(instance: Instance) -> dict[str, Any]:
         "sdk_dropped": instance.dropped,
         "datagrams_lost": instance.lost,
         "channels": [_channel(key, value) for key, value in sorted(instance.channels.items())],
+        # the merged cumulative shutdown record (docs/protocol.md), or null before the first
+        "shutdown": copy.deepcopy(instance.shutdown),
+        "requests": [
+            {
+                "protocol": method.protocol,
+                "method": method.method,
+                "active": method.active,
+                "started_during_drain": method.started_during_drain,
+                "outcomes": dict(method.outcomes),
+            }
+            for _, method in sorted(instance.inflight.items())
+        ],
     }
 
 

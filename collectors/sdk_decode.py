@@ -190,9 +190,18 @@ def _is_small_map(value: object) -> TypeGuard[dict[str, Any]]:
     )
 
 
+# Keys the agent's merge reads directly: present (possibly null) in every record the SDK sends.
+_STEP_KEYS: Final = frozenset({"started", "finished", "ok", "detail"})
+_LISTENER_KEYS: Final = frozenset({"role", "port", "opened", "stop_started", "closed"})
+_SHUTDOWN_KEYS: Final = frozenset(
+    {"phase", "signals", "steps", "ready", "ready_changed", "health", "listeners"}
+)
+
+
 def _check_step(step: object) -> bool:
     return (
         type(step) is dict
+        and step.keys() >= _STEP_KEYS
         and _is_timestamp(step.get("started"))
         and _is_optional_timestamp(step.get("finished"))
         and step.get("ok") in (None, True, False)
@@ -203,6 +212,7 @@ def _check_step(step: object) -> bool:
 def _check_listener(listener: object) -> bool:
     return (
         type(listener) is dict
+        and listener.keys() >= _LISTENER_KEYS
         and listener.get("role") in _ROLES
         and (listener.get("port") is None or _is_int(listener.get("port"), 0, 65535))
         and _is_timestamp(listener.get("opened"))
@@ -267,7 +277,8 @@ def _check_shutdown(record: dict[str, Any]) -> str | None:
     listeners = record.get("listeners")
     exit_code = record.get("exit_code")
     ok = (
-        record.get("phase") in _PHASES
+        record.keys() >= _SHUTDOWN_KEYS
+        and record.get("phase") in _PHASES
         and type(signals) is list
         and len(signals) <= _MAX_ENTRIES
         and all(_check_signal(signal) for signal in signals)

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from ._async_channel import Channel
 from ._config import configure, flush
+from ._coordinator import CycleError, ShutdownCoordinator, ShutdownResult, StepResult
 from ._errors import ChannelClosed
+from ._graceful import graceful_stop, set_ready
+from ._signals import observe_signals
 from ._thread_channel import ThreadChannel
 from ._version import __version__
 from ._watch import watch_queue
@@ -22,9 +25,16 @@ from ._watch import watch_queue
 __all__ = [
     "Channel",
     "ChannelClosed",
+    "CycleError",
+    "ShutdownCoordinator",
+    "ShutdownResult",
+    "StepResult",
     "ThreadChannel",
     "__version__",
     "configure",
     "flush",
+    "graceful_stop",
+    "observe_signals",
+    "set_ready",
     "watch_queue",
 ]

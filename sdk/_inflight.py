@@ -108,6 +108,25 @@ class InflightRegistry:
             if _shutdown.STATE.shutting_down:
                 stats.started_during_drain += 1
 
+    def reset(self) -> None:
+        """Zero every count (tests, and a forked child that starts its own life).
+
+        The stats objects stay: integrations hold on to them per method.
+        """
+        with self._lock:
+            for stats in self._methods.values():
+                stats.active = 0
+                stats.started_during_drain = 0
+                stats.outcomes = dict.fromkeys(OUTCOMES, 0)
+                stats.duration = WaitHistogram()
+            self._active_total = 0
+            self.capped = 0
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: a fresh lock (another thread may have held it), zero counts."""
+        self._lock = threading.Lock()
+        self.reset()
+
     def active(self) -> int:
         return self._active_total
 

@@ -15,8 +15,7 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from . import _shutdown
-from ._inflight import REGISTRY as INFLIGHT
+from . import _inflight, _shutdown
 from ._protocol import Packer
 from ._settings import Settings
 from ._transport import Transport
@@ -150,7 +149,7 @@ class Reporter:
     @staticmethod
     def shutdown_records() -> list[dict[str, Any]]:
         """The shutdown state and the in-flight counters: what the agent judges a drain by."""
-        return [_shutdown.STATE.record(), *INFLIGHT.records()]
+        return [_shutdown.STATE.record(), *_inflight.REGISTRY.records()]
 
     def _process_record(self, channel_count: int) -> dict[str, Any]:
         return {

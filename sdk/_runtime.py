@@ -127,6 +127,11 @@ def _after_fork_in_child() -> None:
     # this child inherited.
     global _lock, _reporter
     _lock = threading.RLock()
+    from ._inflight import REGISTRY
+    from ._shutdown import STATE
+
+    STATE.reset_after_fork()
+    REGISTRY.reset_after_fork()
     previous = _reporter
     if previous is None:
         return

@@ -243,6 +243,11 @@ class ShutdownState:
                 "topology": self.topology,
             }
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: a fresh lock (another thread may have held it), no history."""
+        self.lock = threading.RLock()
+        self.reset()
+
     def reset(self) -> None:
         """Forget everything (tests, and a forked child that starts its own life)."""
         with self.lock:

@@ -6,20 +6,34 @@ import re
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.processes import run_target, running_agent
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT_ROW = re.compile(r"^\| `(drainwatch_[a-z_]+)` \| (counter|gauge|histogram) \|", re.M)
 
-# Every kind of fact, so that every family has at least one sample.
+# Every kind of fact, so that every family has at least one sample: a channel that is
+# closed and drained, a request, listeners, and a shutdown with a signal and steps.
 TARGET = """
-import asyncio, drainwatch
+import asyncio, signal, drainwatch
+from drainwatch._inflight import REGISTRY
+from drainwatch._shutdown import STATE
 async def main():
     ch = drainwatch.Channel("orders", maxsize=2)
     await ch.put(1)
     ch.close()
     await ch.get()
+    STATE.listener_opened("grpc", "business", 50051)
+    STATE.listener_opened("health", "health", 8081)
+    STATE.set_ready(True)
+    charge = REGISTRY.stats("grpc", "/pay.Payments/Charge")
+    REGISTRY.finish(charge, REGISTRY.start(charge), "ok")
+    STATE.note_signal(signal.SIGTERM)
+    STATE.set_ready(False)
+    STATE.listener_stop_started("grpc")
+    STATE.listener_closed("grpc")
+    STATE.listener_closed("health")
     drainwatch.flush(timeout=2)
 asyncio.run(main())
 """
@@ -42,8 +56,9 @@ def test_docs_list_each_metric_once_with_a_type() -> None:
 def test_real_agent_exports_exactly_the_documented_metrics() -> None:
     """What a real agent serves after a real run is what the docs list, with the same types."""
     with running_agent() as agent:
-        run_target(TARGET, agent.endpoint)
-        samples = agent.wait_for("drainwatch_channel_closed_timestamp_seconds")
+        result = run_target(TARGET, agent.endpoint)
+        assert result.returncode == 0, result.stderr
+        samples = agent.wait_for("drainwatch_target_exit_timestamp_seconds")
     exported: dict[str, str] = {}
     for line in samples.text.splitlines():
         match = re.match(r"# TYPE (drainwatch_[a-z_]+) (\w+)", line)
@@ -54,6 +69,14 @@ def test_real_agent_exports_exactly_the_documented_metrics() -> None:
     assert sorted(set(exported) - set(docs)) == [], "exported but not documented"
     assert sorted(set(docs) - set(exported)) == [], "documented but not exported"
     assert exported == docs
+    sampled = {
+        family.name
+        for family in text_string_to_metric_families(samples.text)
+        if family.samples and family.name.startswith("drainwatch_")
+    }
+    # the exposition names counters without _total; the docs name the series
+    empty = sorted(name for name in docs if name.removesuffix("_total") not in sampled)
+    assert empty == [], "documented and exported, but without a single sample"
 
 
 def _queried_metrics(text: str) -> set[str]:

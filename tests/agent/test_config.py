@@ -125,3 +125,55 @@ def test_non_utf8_file_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"listen: \xff\xfe\n")
     with pytest.raises(ConfigError, match="not UTF-8 text"):
         file_layer(str(path))
+
+
+def test_drain_budget_comes_from_flag_environment_or_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """drain_budget_seconds defaults to 30 and follows flags > environment > file."""
+    monkeypatch.delenv("DRAINWATCH_AGENT_CONFIG", raising=False)
+    monkeypatch.delenv("DRAINWATCH_AGENT_DRAIN_BUDGET_SECONDS", raising=False)
+    assert load_config(_args()).drain_budget_seconds == 30.0
+    config_file = tmp_path / "agent.yaml"
+    config_file.write_text("drain_budget_seconds: 40\n")
+    monkeypatch.setenv("DRAINWATCH_AGENT_CONFIG", str(config_file))
+    assert load_config(_args()).drain_budget_seconds == 40.0
+    monkeypatch.setenv("DRAINWATCH_AGENT_DRAIN_BUDGET_SECONDS", "25.5")
+    assert load_config(_args()).drain_budget_seconds == 25.5
+    assert load_config(_args("--drain-budget", "10")).drain_budget_seconds == 10.0
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        (
+            {"DRAINWATCH_AGENT_DRAIN_BUDGET_SECONDS": "soon"},
+            r'environment variable DRAINWATCH_AGENT_DRAIN_BUDGET_SECONDS \("drain_budget_seconds"\)'
+            r' must be a number of seconds from 0.1 to 86400: "soon"; set it to '
+            r"terminationGracePeriodSeconds minus",
+        ),
+        (
+            {"DRAINWATCH_AGENT_DRAIN_BUDGET_SECONDS": "0"},
+            "must be a number of seconds from 0.1 to 86400",
+        ),
+    ],
+)
+def test_bad_drain_budget_names_source_setting_rule_and_value(
+    layer: dict[str, str], message: str
+) -> None:
+    """A budget that is not a positive number of seconds is refused with the fix."""
+    with pytest.raises(ConfigError, match=message):
+        build_config([environment_layer(layer)])
+
+
+def test_bad_drain_budget_in_yaml_names_the_file_and_line(tmp_path: Path) -> None:
+    """In a YAML file the error points at file:line and the key."""
+    path = tmp_path / "agent.yaml"
+    path.write_text("service: checkout\ndrain_budget_seconds: -5\n")
+    with pytest.raises(
+        ConfigError,
+        match=r'agent.yaml:2: "drain_budget_seconds" must be a number of seconds from 0.1',
+    ):
+        build_config([file_layer(str(path))])
+    with pytest.raises(ConfigError, match=r"flag --drain-budget must be a number of seconds"):
+        load_config(_args("--drain-budget", "1e9"))

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_shows_the_examples_mistakes_and_exits_with_once() -> None:
-    """The demo prints residual items, after-close use and a double close from the example."""
+    """The demo shows the channel mistakes and judges a broken and a good payments drain."""
     socket_path = os.path.join(short_tmpdir(), "ingest.sock")
     result = subprocess.run(
         [
@@ -32,7 +32,7 @@ def test_demo_shows_the_examples_mistakes_and_exits_with_once() -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         cwd=ROOT,
         check=False,
         env={**os.environ, "DEMO_SECONDS": "0.5"},
@@ -64,6 +64,16 @@ def test_demo_shows_the_examples_mistakes_and_exits_with_once() -> None:
     assert orders[6:9] == ["3", "2", "0"]  # read-after-close, send-after-close, double close
     assert payments[8] == "1"
     assert "Metrics: curl -s http://127.0.0.1:" in result.stdout
+    broken, good = result.stdout.split("== 2. broken shutdown")[1].split("== 3. good shutdown")
+    for rule in (
+        "health_closed_before_business",
+        "readiness_not_failed_first",
+        "exited_before_stop_completed",
+        "inflight_at_exit",
+    ):
+        assert f"x {rule}" in broken, broken
+    assert "in flight at exit: grpc 10" in broken
+    assert "clients saw: 10 OK" in good and "verdict: OK" in good, good
 
 
 def test_demo_without_the_example_explains_what_to_do(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar
 
 import drainwatch
 import pytest
-from drainwatch import _runtime
+from drainwatch import _inflight, _runtime, _shutdown
 
 T = TypeVar("T")
 Record = dict[str, Any]
@@ -40,8 +40,17 @@ needs_queue_shutdown = pytest.mark.skipif(
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 5.0) -> T:
-    """Run ``coro`` in a fresh event loop; raise ``TimeoutError`` after ``timeout`` seconds."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+    """Run ``coro`` in a fresh event loop; raise ``TimeoutError`` after ``timeout`` seconds.
+
+    The timeout runs in the same task as ``coro`` (``asyncio.timeout``), so the test's
+    code is the loop's main task, as in an application started with ``asyncio.run``.
+    """
+
+    async def bounded() -> T:
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return asyncio.run(bounded())
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> bool:
@@ -239,13 +248,18 @@ class Receiver:
 
 @pytest.fixture(autouse=True)
 def _silent_reporter() -> Iterator[None]:
-    """Start every test from a fresh reporter that sends nothing (never to a real agent)."""
+    """Start every test from a fresh reporter that sends nothing (never to a real agent),
+    and from a process that has not begun to shut down."""
     drainwatch.configure(enabled=False)
+    _shutdown.STATE.reset()
+    _inflight.REGISTRY.reset()
     try:
         yield
     finally:
         _runtime.shutdown()
         drainwatch.configure(enabled=False)
+        _shutdown.STATE.reset()
+        _inflight.REGISTRY.reset()
 
 
 @pytest.fixture

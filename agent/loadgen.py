@@ -1,0 +1,118 @@
+"""Requests kept in flight against a service under test: for the demo and for checks.
+
+A burst of slow calls is started, the caller does something to the service (sends it
+SIGTERM), and each call's outcome is collected: the status a client really saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """What one client call ended with: ``OK`` or a gRPC status name / HTTP status."""
+
+    status: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("OK", "200")
+
+
+async def wait_for_port(host: str, port: int, timeout: float = 20.0) -> bool:
+    """Poll until something accepts TCP connections on ``host:port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return True
+    return False
+
+
+def port_is_listening(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+class GrpcBurst:
+    """``count`` concurrent unary calls of ``method`` with raw-bytes ``request``."""
+
+    def __init__(
+        self, target: str, method: str, request: bytes, count: int, timeout: float = 60.0
+    ) -> None:
+        self.target = target
+        self.method = method
+        self.request = request
+        self.count = count
+        self.timeout = timeout
+        self._task: asyncio.Task[list[CallOutcome]] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def outcomes(self) -> list[CallOutcome]:
+        if self._task is None:
+            raise RuntimeError("call start() first")
+        return await self._task
+
+    async def _run(self) -> list[CallOutcome]:
+        import grpc
+
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            call = channel.unary_unary(self.method)
+
+            async def one() -> CallOutcome:
+                started = time.monotonic()
+                try:
+                    await call(self.request, timeout=self.timeout)
+                except grpc.aio.AioRpcError as error:
+                    return CallOutcome(error.code().name, time.monotonic() - started)
+                return CallOutcome("OK", time.monotonic() - started)
+
+            return list(await asyncio.gather(*(one() for _ in range(self.count))))
+
+
+class HttpBurst:
+    """``count`` concurrent GET requests of ``url``."""
+
+    def __init__(self, url: str, count: int, timeout: float = 60.0) -> None:
+        self.url = url
+        self.count = count
+        self.timeout = timeout
+        self._task: asyncio.Task[list[CallOutcome]] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def outcomes(self) -> list[CallOutcome]:
+        if self._task is None:
+            raise RuntimeError("call start() first")
+        return await self._task
+
+    async def _run(self) -> list[CallOutcome]:
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+
+            async def one() -> CallOutcome:
+                started = time.monotonic()
+                try:
+                    async with session.get(self.url) as response:
+                        await response.read()
+                        return CallOutcome(str(response.status), time.monotonic() - started)
+                except (TimeoutError, aiohttp.ClientError) as error:
+                    return CallOutcome(type(error).__name__, time.monotonic() - started)
+
+            return list(await asyncio.gather(*(one() for _ in range(self.count))))

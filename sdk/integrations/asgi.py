@@ -1,0 +1,557 @@
+"""ASGI (Starlette, FastAPI, any ASGI app): requests in flight per route, and uvicorn listeners.
+
+    from drainwatch.integrations.asgi import DrainwatchMiddleware, track_uvicorn
+
+    app = FastAPI()
+    app.add_middleware(DrainwatchMiddleware)         # or: app = DrainwatchMiddleware(app)
+    server = track_uvicorn(uvicorn.Server(uvicorn.Config(app, port=8000)))
+    await server.serve()
+
+``DrainwatchMiddleware`` is a pure ASGI middleware (it imports no framework):
+
+- ``http``: each request is in flight from the call until the app returns, i.e. until the
+  last body chunk of a streaming response was sent (and background tasks ran). It is
+  counted under its method and route template (``GET /orders/{order_id}``), found by
+  matching the Starlette/FastAPI routes (mounts included) before the app runs; an app
+  without Starlette-style routes, or a path no route matches, counts as ``GET unmatched``.
+  Outcomes: ``ok`` (status < 500), ``error`` (status >= 500, no response, or the app
+  raised), ``cancelled``/``aborted_at_shutdown`` (the task was cancelled, or the client
+  went away before the response was complete, as far as the app could see it: an
+  ``http.disconnect`` received, as Starlette's ``StreamingResponse`` and
+  ``Request.is_disconnected()`` do, or an ``OSError`` from ``send`` on ASGI 2.4 servers).
+  uvicorn runs a handler that reads nothing to its end after its client left; it is then
+  counted by its response.
+- ``websocket``: in flight from ``websocket.accept`` until the app returns, labelled by
+  its route template; ``ok`` for close codes 1000, 1001 and 1005 (also when the app raised
+  on the client's clean close, e.g. an uncaught ``WebSocketDisconnect``), ``error`` for
+  other codes or an exception, ``cancelled``/``aborted_at_shutdown`` for cancellation or
+  a dropped connection (1006). A connection refused before accept is not counted.
+- ``lifespan``: ``lifespan.shutdown`` received starts the shutdown step
+  ``asgi:lifespan_shutdown``; ``lifespan.shutdown.complete``/``failed`` finishes it.
+
+Responses on the readiness paths (``/readyz``, ``/ready``, ``/health/ready``) and liveness
+paths (``/livez``, ``/live``, ``/healthz``, ``/health``, ``/ping``, ``/health/live``) tell
+when readiness turns off and when liveness fails during a shutdown (see
+``drainwatch.integrations._health_paths``). Messages, responses, exceptions (the same
+object) and cancellation pass through untouched; bookkeeping errors are counted, never
+raised. Nested instances count a request once.
+
+``track_uvicorn(server)`` reports the ports a ``uvicorn.Server`` binds as listeners
+``http:<port>`` (opened when ``startup()`` returns) and its ``shutdown()``: stop started
+when it begins (uvicorn closes its sockets first), closed when it returns, after open
+connections and tasks finished; a cancelled shutdown records nothing as closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import socket
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from drainwatch import _inflight, _runtime, _shutdown
+
+from ._health_paths import (
+    OBSERVED_PATHS,
+    UNMATCHED,
+    check_role,
+    guarded,
+    listener_name,
+    listener_role,
+    method_label,
+    observe_health_response,
+    websocket_outcome,
+)
+
+if TYPE_CHECKING:
+    import uvicorn
+
+__all__ = [
+    "ASGIApp",
+    "DrainwatchMiddleware",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "track_uvicorn",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+LIFESPAN_SHUTDOWN_STEP: Final = "asgi:lifespan_shutdown"
+
+ServerT = TypeVar("ServerT", bound="uvicorn.Server")
+_Stats = _inflight.MethodStats
+_Registry = _inflight.InflightRegistry
+
+_MAX_CACHED_PATHS: Final = 4096
+_MAX_MOUNT_DEPTH: Final = 8
+_MAX_APP_CHAIN: Final = 32
+# FastAPI's documentation routes do not make an app a business app.
+_DOCS_URL_ATTRIBUTES: Final = (
+    "openapi_url",
+    "docs_url",
+    "redoc_url",
+    "swagger_ui_oauth2_redirect_url",
+)
+
+
+# -- route templates -------------------------------------------------------------------------------
+
+
+def _routes_owner(app: object) -> object | None:
+    """The first object with a ``routes`` list down the ``.app`` chain (a Starlette app or
+    router behind middlewares), or None."""
+    for _ in range(_MAX_APP_CHAIN):
+        if app is None:
+            return None
+        if isinstance(getattr(app, "routes", None), list):
+            return app
+        app = getattr(app, "app", None)
+    return None
+
+
+def _route_paths(app: object) -> Iterator[str]:
+    """The paths an app serves (mounts as their prefix), without FastAPI's docs routes."""
+    owner = _routes_owner(app)
+    if owner is None:
+        return
+    docs = {getattr(owner, name, None) for name in _DOCS_URL_ATTRIBUTES}
+    for route in _candidates(getattr(owner, "routes", None) or []):
+        path = getattr(route, "path", None)
+        if isinstance(path, str) and path not in docs:
+            yield path or "/"
+
+
+def _candidates(routes: list[Any]) -> Iterator[Any]:
+    """The routes to try in order. A FastAPI ``include_router`` (0.16x) is one opaque route
+    that applies its prefix while matching; its effective routes carry the full path."""
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if not callable(contexts):
+            yield route
+            continue
+        for context in contexts():
+            # A prefixed copy of a Starlette route, or the context of an APIRoute, whose
+            # ``path`` includes the prefix.
+            starlette_route = getattr(context, "starlette_route", None)
+            yield context if starlette_route is None else starlette_route
+
+
+class _RouteTemplates:
+    """Finds the route template of a request by asking the routes, as Starlette's router does."""
+
+    def __init__(self, app: object) -> None:
+        self._owner = _routes_owner(app)
+        self._full: object = None
+        self._partial: object = None
+        try:
+            from starlette.routing import Match
+        except ImportError:
+            return
+        self._full, self._partial = Match.FULL, Match.PARTIAL
+
+    def template(self, scope: Scope) -> tuple[str | None, bool]:
+        """The template (None if nothing matches) and whether it depends on the path only."""
+        owner = self._owner
+        if owner is None:
+            # Added with app.add_middleware(): Starlette put itself in the scope.
+            owner = _routes_owner(scope.get("app"))
+            if owner is None or self._full is None:
+                return None, True
+        routes = getattr(owner, "routes", None)
+        if not isinstance(routes, list) or self._full is None:
+            return None, True
+        # A copy: matching must not leave anything in the scope the app receives.
+        return self._match(routes, {**scope}, 0)
+
+    def _match(self, routes: list[Any], scope: Scope, depth: int) -> tuple[str | None, bool]:
+        partial: tuple[Any, Scope] | None = None
+        for route in _candidates(routes):
+            match, child = route.matches(scope)
+            if match is self._full:
+                return self._join(route, scope, child, depth)
+            if match is self._partial and partial is None:
+                partial = (route, child)
+        if partial is not None:
+            return self._join(partial[0], scope, partial[1], depth)
+        return None, True
+
+    def _join(self, route: Any, scope: Scope, child: Scope, depth: int) -> tuple[str | None, bool]:
+        path = getattr(route, "path", None)
+        prefix = path if isinstance(path, str) else ""
+        by_path = not hasattr(route, "host")  # Host routes match on a header
+        inner_routes = getattr(route, "routes", None)
+        if not isinstance(inner_routes, list):
+            return prefix, by_path  # a Route or WebSocketRoute
+        if not inner_routes:
+            return f"{prefix}/{{path}}", by_path  # a Mount of a routeless ASGI app
+        if depth >= _MAX_MOUNT_DEPTH:
+            return None, by_path
+        inner, inner_by_path = self._match(inner_routes, {**scope, **child}, depth + 1)
+        return (None if inner is None else prefix + inner), by_path and inner_by_path
+
+
+class _StatsCache:
+    """Stats per (protocol, method, path), so a path seen before costs one dict lookup."""
+
+    __slots__ = ("by_path", "registry", "templates")
+
+    def __init__(self, templates: _RouteTemplates) -> None:
+        self.templates = templates
+        self.registry: _Registry | None = None
+        self.by_path: dict[tuple[str, str, str], _Stats] = {}
+
+    def stats(self, registry: _Registry, protocol: str, scope: Scope) -> _Stats:
+        if registry is not self.registry:
+            self.registry = registry
+            self.by_path = {}
+        method: str = scope.get("method", "GET")
+        key = (protocol, method, scope["path"])
+        stats = self.by_path.get(key)
+        if stats is not None:
+            return stats
+        try:
+            template, by_path = self.templates.template(scope)
+        except Exception:
+            _runtime.note_internal_error()
+            template, by_path = None, True
+        if protocol == "websocket":
+            stats = registry.stats(protocol, template or UNMATCHED)
+        else:
+            stats = registry.stats(protocol, method_label(method, template))
+        if by_path:
+            if len(self.by_path) >= _MAX_CACHED_PATHS:
+                self.by_path = {}
+            self.by_path[key] = stats
+        return stats
+
+
+# -- per-call bookkeeping --------------------------------------------------------------------------
+
+
+def _finish(registry: _Registry, stats: _Stats, started: float, outcome: str) -> None:
+    try:
+        registry.finish(stats, started, outcome)
+    except Exception:
+        _runtime.note_internal_error()
+
+
+class _HttpCall:
+    """What one HTTP request's messages said: status, completion, a departed client."""
+
+    __slots__ = ("_receive", "_send", "client_gone", "complete", "status")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self.status: int | None = None
+        self.complete = False
+        self.client_gone = False
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        # After the response, servers answer every receive() with http.disconnect.
+        if message.get("type") == "http.disconnect" and not self.complete:
+            self.client_gone = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        # .get(): a malformed message is the server's to reject, with its own error.
+        kind = message.get("type")
+        if kind == "http.response.start":
+            self.status = message.get("status")
+        elif (
+            kind == "http.response.body" and not message.get("more_body", False)
+        ) or kind == "http.response.pathsend":
+            self.complete = True
+        try:
+            await self._send(message)
+        except OSError:  # ASGI 2.4: the client is gone
+            self.client_gone = True
+            raise
+
+
+class _WebSocketCall:
+    """One WebSocket connection: counted from accept; how and by whom it was closed."""
+
+    __slots__ = ("_receive", "_send", "close_code", "peer_closed", "registry", "started", "stats")
+
+    def __init__(self, registry: _Registry, stats: _Stats, receive: Receive, send: Send) -> None:
+        self.registry = registry
+        self.stats = stats
+        self._receive = receive
+        self._send = send
+        self.started: float | None = None
+        self.close_code: int | None = None
+        self.peer_closed = False
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message.get("type") == "websocket.disconnect" and self.close_code is None:
+            self.close_code = message.get("code", 1005)
+            self.peer_closed = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        kind = message.get("type")
+        if kind == "websocket.accept" and self.started is None:
+            try:
+                self.started = self.registry.start(self.stats)
+            except Exception:
+                _runtime.note_internal_error()
+        elif kind == "websocket.close" and self.close_code is None:
+            self.close_code = message.get("code", 1000)
+        await self._send(message)
+
+    def end(self, error: BaseException | None) -> None:
+        if self.started is None:
+            return
+        if isinstance(error, asyncio.CancelledError):
+            outcome = _inflight.aborted_or_cancelled()
+        elif error is None or self.peer_closed:
+            # An app that raises on the client's clean close (an uncaught
+            # WebSocketDisconnect) did not fail.
+            outcome = websocket_outcome(self.close_code)
+        else:
+            outcome = _inflight.ERROR
+        _finish(self.registry, self.stats, self.started, outcome)
+
+
+def _last_line(text: object) -> str | None:
+    """The last line of a lifespan failure message (Starlette sends the whole traceback)."""
+    if not isinstance(text, str):
+        return None
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else None
+
+
+# Set while a DrainwatchMiddleware handles a request, so that a second one (added by hand
+# inside an app that ``drainwatch run`` wraps again) passes it through uncounted.
+_COUNTING: Final = contextvars.ContextVar("drainwatch_asgi_counting", default=False)
+
+
+# -- the middleware --------------------------------------------------------------------------------
+
+
+class DrainwatchMiddleware:
+    """Counts HTTP requests and WebSocket connections in flight; records lifespan shutdown.
+
+    Wrap the outermost app (``DrainwatchMiddleware(app)``) or add it with Starlette's
+    ``app.add_middleware(DrainwatchMiddleware)``; see the module doc for what is counted.
+    Nested instances count a request once (the outermost counts it).
+    Constructing it starts the reporter if needed. Never raises its own errors into the app.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._cache = _StatsCache(_RouteTemplates(app))
+        _runtime.current()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # HTTP, the path every request takes, is inlined here: one coroutine frame less.
+        if scope["type"] != "http":
+            await self._other(scope, receive, send)
+            return
+        if _COUNTING.get():  # an outer DrainwatchMiddleware counts this request already
+            await self.app(scope, receive, send)
+            return
+        try:
+            registry = _inflight.REGISTRY
+            stats = self._cache.stats(registry, "http", scope)
+            started = registry.start(stats)
+        except Exception:
+            _runtime.note_internal_error()
+            await self.app(scope, receive, send)
+            return
+        call = _HttpCall(receive, send)
+        token = _COUNTING.set(True)
+        try:
+            await self.app(scope, call.receive, call.send)
+        except asyncio.CancelledError:
+            _finish(registry, stats, started, _inflight.aborted_or_cancelled())
+            raise
+        except BaseException:
+            outcome = _inflight.aborted_or_cancelled() if call.client_gone else _inflight.ERROR
+            _finish(registry, stats, started, outcome)
+            observe_health_response(scope["path"], call.status or 500)
+            raise
+        finally:
+            _COUNTING.reset(token)
+        try:
+            status = call.status
+            if call.client_gone:
+                outcome = _inflight.aborted_or_cancelled()
+            elif status is None or status >= 500 or not call.complete:
+                outcome = _inflight.ERROR
+            else:
+                outcome = _inflight.OK
+            registry.finish(stats, started, outcome)
+            if status is not None and scope["path"] in OBSERVED_PATHS:
+                observe_health_response(scope["path"], status)
+        except Exception:
+            _runtime.note_internal_error()
+
+    async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "websocket":
+            if _COUNTING.get():
+                await self.app(scope, receive, send)
+                return
+            token = _COUNTING.set(True)
+            try:
+                await self._websocket(scope, receive, send)
+            finally:
+                _COUNTING.reset(token)
+        elif kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            registry = _inflight.REGISTRY
+            call = _WebSocketCall(
+                registry, self._cache.stats(registry, "websocket", scope), receive, send
+            )
+        except Exception:
+            _runtime.note_internal_error()
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, call.receive, call.send)
+        except BaseException as error:
+            call.end(error)
+            raise
+        call.end(None)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        shutting_down = False
+
+        async def receive_lifespan() -> Message:
+            nonlocal shutting_down
+            message = await receive()
+            if message.get("type") == "lifespan.shutdown" and not shutting_down:
+                shutting_down = True
+                guarded(_shutdown.STATE.step_started, LIFESPAN_SHUTDOWN_STEP)
+            return message
+
+        async def send_lifespan(message: Message) -> None:
+            kind = message.get("type")
+            if kind == "lifespan.shutdown.complete":
+                guarded(_shutdown.STATE.step_finished, LIFESPAN_SHUTDOWN_STEP)
+            elif kind == "lifespan.shutdown.failed":
+                guarded(
+                    _shutdown.STATE.step_finished,
+                    LIFESPAN_SHUTDOWN_STEP,
+                    False,
+                    _last_line(message.get("message")),
+                )
+            await send(message)
+
+        try:
+            await self.app(scope, receive_lifespan, send_lifespan)
+        except Exception as error:
+            if shutting_down:  # no-op when the app already reported how it ended
+                detail = f"{type(error).__name__}: {error}"
+                guarded(_shutdown.STATE.step_finished, LIFESPAN_SHUTDOWN_STEP, False, detail)
+            raise
+
+
+# -- uvicorn listeners -----------------------------------------------------------------------------
+
+_LISTENERS_ATTRIBUTE: Final = "_drainwatch_listeners"
+
+
+class _UvicornListeners:
+    """The listeners of one ``uvicorn.Server``, learned when its startup returns."""
+
+    def __init__(self, server: uvicorn.Server, role: str | None) -> None:
+        self.server = server
+        self.role = role
+        self.names: list[tuple[str, int | None]] = []
+
+    def opened(self) -> None:
+        if not self.server.started:
+            return
+        found: dict[str, int | None] = {}
+        for listening in getattr(self.server, "servers", None) or ():
+            for sock in listening.sockets or ():
+                name, port = listener_name(sock.getsockname())
+                found[name] = port
+        self.names = list(found.items())
+        app = getattr(self.server.config, "loaded_app", None)
+        for name, port in self.names:
+            role = listener_role(port, self.role, lambda: _route_paths(app))
+            _shutdown.STATE.listener_opened(name, role, port)
+
+    def stop_started(self) -> None:
+        for name, _ in self.names:
+            _shutdown.STATE.listener_stop_started(name)
+
+    def closed(self) -> None:
+        for name, _ in self.names:
+            _shutdown.STATE.listener_closed(name)
+
+    def stop_failed(self, error: BaseException) -> None:
+        detail = f"{type(error).__name__}: {error}"
+        for name, _ in self.names:
+            _shutdown.STATE.step_finished(name, ok=False, detail=detail)
+
+
+def track_uvicorn(server: ServerT, role: str | None = None) -> ServerT:
+    """Report the listeners of a ``uvicorn.Server``; returns ``server``, tracked in place.
+
+    Each bound port becomes the listener ``http:<port>`` when ``startup()`` returns; its
+    role is ``health`` for a port in ``DRAINWATCH_HEALTH_PORTS`` (read then), else
+    ``role``, else ``health`` when every route of the app is a health path, else
+    ``business``. ``shutdown()`` records the stop as started when it begins and the
+    listeners as closed when it returns (failed if it raises; nothing if cancelled).
+    Tracking again only applies a ``role`` given now. Raises ``ValueError`` for an unknown
+    ``role``; otherwise never raises.
+    """
+    check_role(role)
+    try:
+        _runtime.current()
+        known = getattr(server, _LISTENERS_ATTRIBUTE, None)
+        if isinstance(known, _UvicornListeners):
+            if role is not None:
+                known.role = role
+            return server
+        listeners = _UvicornListeners(server, role)
+        setattr(server, _LISTENERS_ATTRIBUTE, listeners)
+        _hook_uvicorn(server, listeners)
+    except Exception:
+        _runtime.note_internal_error()
+    return server
+
+
+def _hook_uvicorn(server: uvicorn.Server, listeners: _UvicornListeners) -> None:
+    original_startup = server.startup
+    original_shutdown = server.shutdown
+
+    @functools.wraps(original_startup)
+    async def startup(sockets: list[socket.socket] | None = None) -> None:
+        await original_startup(sockets=sockets)
+        guarded(listeners.opened)
+
+    @functools.wraps(original_shutdown)
+    async def shutdown(sockets: list[socket.socket] | None = None) -> None:
+        guarded(listeners.stop_started)
+        try:
+            await original_shutdown(sockets=sockets)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:
+            guarded(listeners.stop_failed, error)
+            raise
+        guarded(listeners.closed)
+
+    server.startup = startup  # type: ignore[method-assign]
+    server.shutdown = shutdown  # type: ignore[method-assign]
