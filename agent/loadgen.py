@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 
@@ -45,15 +46,10 @@ def port_is_listening(host: str, port: int) -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
-class GrpcBurst:
-    """``count`` concurrent unary calls of ``method`` with raw-bytes ``request``."""
+class _Burst(ABC):
+    """Concurrent calls started by ``start()``; ``outcomes()`` waits for all of them."""
 
-    def __init__(
-        self, target: str, method: str, request: bytes, count: int, timeout: float = 60.0
-    ) -> None:
-        self.target = target
-        self.method = method
-        self.request = request
+    def __init__(self, count: int, timeout: float) -> None:
         self.count = count
         self.timeout = timeout
         self._task: asyncio.Task[list[CallOutcome]] | None = None
@@ -65,6 +61,22 @@ class GrpcBurst:
         if self._task is None:
             raise RuntimeError("call start() first")
         return await self._task
+
+    @abstractmethod
+    async def _run(self) -> list[CallOutcome]:
+        """Make the calls; each burst kind knows its protocol."""
+
+
+class GrpcBurst(_Burst):
+    """``count`` concurrent unary calls of ``method`` with raw-bytes ``request``."""
+
+    def __init__(
+        self, target: str, method: str, request: bytes, count: int, timeout: float = 60.0
+    ) -> None:
+        super().__init__(count, timeout)
+        self.target = target
+        self.method = method
+        self.request = request
 
     async def _run(self) -> list[CallOutcome]:
         import grpc
@@ -83,22 +95,12 @@ class GrpcBurst:
             return list(await asyncio.gather(*(one() for _ in range(self.count))))
 
 
-class HttpBurst:
+class HttpBurst(_Burst):
     """``count`` concurrent GET requests of ``url``."""
 
     def __init__(self, url: str, count: int, timeout: float = 60.0) -> None:
+        super().__init__(count, timeout)
         self.url = url
-        self.count = count
-        self.timeout = timeout
-        self._task: asyncio.Task[list[CallOutcome]] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def outcomes(self) -> list[CallOutcome]:
-        if self._task is None:
-            raise RuntimeError("call start() first")
-        return await self._task
 
     async def _run(self) -> list[CallOutcome]:
         import aiohttp

@@ -31,7 +31,6 @@ import asyncio
 import functools
 import inspect
 import logging
-import os
 import threading
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Final, TypeVar
@@ -41,6 +40,7 @@ import grpc.aio  # type: ignore[import-untyped, unused-ignore]
 from drainwatch import _runtime, _shutdown
 
 from ._grpc_handlers import HandlerCache
+from ._health_paths import HEALTH_PORTS_ENV, health_ports
 
 __all__ = [
     "HEALTH_PORTS_ENV",
@@ -54,7 +54,6 @@ __all__ = [
 
 logger = logging.getLogger("drainwatch")
 
-HEALTH_PORTS_ENV: Final = "DRAINWATCH_HEALTH_PORTS"
 HEALTH_SERVICE: Final = "grpc.health.v1.Health"
 _LISTENERS_ATTRIBUTE: Final = "_drainwatch_listeners"
 _HEALTH_ATTRIBUTE: Final = "_drainwatch_health"
@@ -168,26 +167,6 @@ def _guarded(action: Callable[[], None]) -> None:
         _runtime.note_internal_error()
 
 
-def _health_ports_from_env() -> frozenset[int]:
-    raw = os.environ.get(HEALTH_PORTS_ENV, "")
-    ports: set[int] = set()
-    for item in raw.split(","):
-        text = item.strip()
-        if not text:
-            continue
-        if text.isdigit() and 0 < int(text) < 65536:
-            ports.add(int(text))
-        else:
-            logger.warning(
-                'drainwatch: "%s" must be a comma-separated list of ports (1-65535): '
-                "%r is not one; it is ignored (example: %s=8081,8082)",
-                HEALTH_PORTS_ENV,
-                text,
-                HEALTH_PORTS_ENV,
-            )
-    return frozenset(ports)
-
-
 def instrument_server(
     server: ServerT, *, role: str | None = None, name_prefix: str = "grpc"
 ) -> ServerT:
@@ -217,7 +196,7 @@ def instrument_server(
         if role is not None:
             known.role = role
         return server
-    listeners = _Listeners(role, name_prefix, _health_ports_from_env())
+    listeners = _Listeners(role, name_prefix, health_ports())
     setattr(server, _LISTENERS_ATTRIBUTE, listeners)
     _hook_registration(server, listeners)
     if isinstance(server, grpc.aio.Server):
