@@ -10,6 +10,7 @@ requests, its listeners and its shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib.abc
 import importlib.machinery
@@ -173,7 +174,32 @@ def patch_uvicorn_config(module: ModuleType) -> None:
     config_class.load = load
 
 
+def patch_asyncio_runners(runners: Any) -> None:
+    """Record ``asyncio.run()`` cancelling the tasks left when main returns: the ``cancel``
+    step, with how many tasks it cut (the requests they served are cut with them)."""
+    from ._shutdown import CANCEL, STATE
+
+    original = getattr(runners, "_cancel_all_tasks", None)
+    if original is None:
+        return
+
+    @functools.wraps(original)
+    def cancel_all_tasks(loop: Any) -> None:
+        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        if not pending:
+            original(loop)
+            return
+        STATE.step_started(CANCEL, detail=f"asyncio.run() cancelled {len(pending)} task(s)")
+        try:
+            original(loop)
+        finally:
+            STATE.step_finished(CANCEL)
+
+    runners._cancel_all_tasks = cancel_all_tasks
+
+
 PATCHES: dict[str, Patch] = {
+    "asyncio.runners": patch_asyncio_runners,
     "grpc": patch_grpc,
     "grpc_health.v1.health": patch_grpc_health,
     "aiohttp.web": patch_aiohttp_web,

@@ -167,3 +167,20 @@ def test_run_environment_puts_the_hook_first_and_validates_settings() -> None:
         build_environment({}, health_ports="80,http")
     with pytest.raises(RunError, match='"--service" must be a non-empty name'):
         build_environment({}, service=" ")
+
+
+def test_asyncio_run_cancelling_leftover_tasks_is_the_cancel_step() -> None:
+    """Under drainwatch run, asyncio.run() cutting the tasks main left behind is recorded."""
+    code = textwrap.dedent("""
+        import asyncio, json
+        from drainwatch._shutdown import STATE
+        async def main():
+            for _ in range(3):
+                asyncio.create_task(asyncio.sleep(60))
+        asyncio.run(main())
+        step = STATE.record()["steps"]["cancel"]
+        print(json.dumps([step["detail"], step["finished"] >= step["started"]]))
+    """)
+    result = _run_under_drainwatch(code, subprocess_env(DRAINWATCH_DISABLED="1"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '["asyncio.run() cancelled 3 task(s)", true]'
