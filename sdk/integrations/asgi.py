@@ -48,11 +48,12 @@ import asyncio
 import contextvars
 import functools
 import socket
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from drainwatch import _inflight, _runtime, _shutdown
 
+from ._asgi_routes import RouteTemplates, route_paths
 from ._health_paths import (
     OBSERVED_PATHS,
     UNMATCHED,
@@ -91,111 +92,6 @@ _Stats = _inflight.MethodStats
 _Registry = _inflight.InflightRegistry
 
 _MAX_CACHED_PATHS: Final = 4096
-_MAX_MOUNT_DEPTH: Final = 8
-_MAX_APP_CHAIN: Final = 32
-# FastAPI's documentation routes do not make an app a business app.
-_DOCS_URL_ATTRIBUTES: Final = (
-    "openapi_url",
-    "docs_url",
-    "redoc_url",
-    "swagger_ui_oauth2_redirect_url",
-)
-
-
-# -- route templates -------------------------------------------------------------------------------
-
-
-def _routes_owner(app: object) -> object | None:
-    """The first object with a ``routes`` list down the ``.app`` chain (a Starlette app or
-    router behind middlewares), or None."""
-    for _ in range(_MAX_APP_CHAIN):
-        if app is None:
-            return None
-        if isinstance(getattr(app, "routes", None), list):
-            return app
-        app = getattr(app, "app", None)
-    return None
-
-
-def _route_paths(app: object) -> Iterator[str]:
-    """The paths an app serves (mounts as their prefix), without FastAPI's docs routes."""
-    owner = _routes_owner(app)
-    if owner is None:
-        return
-    docs = {getattr(owner, name, None) for name in _DOCS_URL_ATTRIBUTES}
-    for route in _candidates(getattr(owner, "routes", None) or []):
-        path = getattr(route, "path", None)
-        if isinstance(path, str) and path not in docs:
-            yield path or "/"
-
-
-def _candidates(routes: list[Any]) -> Iterator[Any]:
-    """The routes to try in order. A FastAPI ``include_router`` (0.16x) is one opaque route
-    that applies its prefix while matching; its effective routes carry the full path."""
-    for route in routes:
-        contexts = getattr(route, "effective_route_contexts", None)
-        if not callable(contexts):
-            yield route
-            continue
-        for context in contexts():
-            # A prefixed copy of a Starlette route, or the context of an APIRoute, whose
-            # ``path`` includes the prefix.
-            starlette_route = getattr(context, "starlette_route", None)
-            yield context if starlette_route is None else starlette_route
-
-
-class _RouteTemplates:
-    """Finds the route template of a request by asking the routes, as Starlette's router does."""
-
-    def __init__(self, app: object) -> None:
-        self._owner = _routes_owner(app)
-        self._full: object = None
-        self._partial: object = None
-        try:
-            from starlette.routing import Match
-        except ImportError:
-            return
-        self._full, self._partial = Match.FULL, Match.PARTIAL
-
-    def template(self, scope: Scope) -> tuple[str | None, bool]:
-        """The template (None if nothing matches) and whether it depends on the path only."""
-        owner = self._owner
-        if owner is None:
-            # Added with app.add_middleware(): Starlette put itself in the scope.
-            owner = _routes_owner(scope.get("app"))
-            if owner is None or self._full is None:
-                return None, True
-        routes = getattr(owner, "routes", None)
-        if not isinstance(routes, list) or self._full is None:
-            return None, True
-        # A copy: matching must not leave anything in the scope the app receives.
-        return self._match(routes, {**scope}, 0)
-
-    def _match(self, routes: list[Any], scope: Scope, depth: int) -> tuple[str | None, bool]:
-        partial: tuple[Any, Scope] | None = None
-        for route in _candidates(routes):
-            match, child = route.matches(scope)
-            if match is self._full:
-                return self._join(route, scope, child, depth)
-            if match is self._partial and partial is None:
-                partial = (route, child)
-        if partial is not None:
-            return self._join(partial[0], scope, partial[1], depth)
-        return None, True
-
-    def _join(self, route: Any, scope: Scope, child: Scope, depth: int) -> tuple[str | None, bool]:
-        path = getattr(route, "path", None)
-        prefix = path if isinstance(path, str) else ""
-        by_path = not hasattr(route, "host")  # Host routes match on a header
-        inner_routes = getattr(route, "routes", None)
-        if not isinstance(inner_routes, list):
-            return prefix, by_path  # a Route or WebSocketRoute
-        if not inner_routes:
-            return f"{prefix}/{{path}}", by_path  # a Mount of a routeless ASGI app
-        if depth >= _MAX_MOUNT_DEPTH:
-            return None, by_path
-        inner, inner_by_path = self._match(inner_routes, {**scope, **child}, depth + 1)
-        return (None if inner is None else prefix + inner), by_path and inner_by_path
 
 
 class _StatsCache:
@@ -203,7 +99,7 @@ class _StatsCache:
 
     __slots__ = ("by_path", "registry", "templates")
 
-    def __init__(self, templates: _RouteTemplates) -> None:
+    def __init__(self, templates: RouteTemplates) -> None:
         self.templates = templates
         self.registry: _Registry | None = None
         self.by_path: dict[tuple[str, str, str], _Stats] = {}
@@ -351,7 +247,7 @@ class DrainwatchMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._cache = _StatsCache(_RouteTemplates(app))
+        self._cache = _StatsCache(RouteTemplates(app))
         _runtime.current()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -488,7 +384,7 @@ class _UvicornListeners:
         self.names = list(found.items())
         app = getattr(self.server.config, "loaded_app", None)
         for name, port in self.names:
-            role = listener_role(port, self.role, lambda: _route_paths(app))
+            role = listener_role(port, self.role, lambda: route_paths(app))
             _shutdown.STATE.listener_opened(name, role, port)
 
     def stop_started(self) -> None:

@@ -1,0 +1,116 @@
+"""Route templates of Starlette/FastAPI apps, found without importing a framework.
+
+The ASGI middleware labels requests by route template (``GET /orders/{order_id}``) and
+judges whether an app serves only health paths; both need the app's routes, reached by
+duck typing down the ``.app`` chain of middlewares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import Any, Final
+
+Scope = MutableMapping[str, Any]
+
+_MAX_MOUNT_DEPTH: Final = 8
+_MAX_APP_CHAIN: Final = 32
+# FastAPI's documentation routes do not make an app a business app.
+_DOCS_URL_ATTRIBUTES: Final = (
+    "openapi_url",
+    "docs_url",
+    "redoc_url",
+    "swagger_ui_oauth2_redirect_url",
+)
+
+
+def routes_owner(app: object) -> object | None:
+    """The first object with a ``routes`` list down the ``.app`` chain (a Starlette app or
+    router behind middlewares), or None."""
+    for _ in range(_MAX_APP_CHAIN):
+        if app is None:
+            return None
+        if isinstance(getattr(app, "routes", None), list):
+            return app
+        app = getattr(app, "app", None)
+    return None
+
+
+def route_paths(app: object) -> Iterator[str]:
+    """The paths an app serves (mounts as their prefix), without FastAPI's docs routes."""
+    owner = routes_owner(app)
+    if owner is None:
+        return
+    docs = {getattr(owner, name, None) for name in _DOCS_URL_ATTRIBUTES}
+    for route in _candidates(getattr(owner, "routes", None) or []):
+        path = getattr(route, "path", None)
+        if isinstance(path, str) and path not in docs:
+            yield path or "/"
+
+
+def _candidates(routes: list[Any]) -> Iterator[Any]:
+    """The routes to try in order. A FastAPI ``include_router`` (0.16x) is one opaque route
+    that applies its prefix while matching; its effective routes carry the full path."""
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if not callable(contexts):
+            yield route
+            continue
+        for context in contexts():
+            # A prefixed copy of a Starlette route, or the context of an APIRoute, whose
+            # ``path`` includes the prefix.
+            starlette_route = getattr(context, "starlette_route", None)
+            yield context if starlette_route is None else starlette_route
+
+
+class RouteTemplates:
+    """Finds the route template of a request by asking the routes, as Starlette's router does."""
+
+    def __init__(self, app: object) -> None:
+        self._owner = routes_owner(app)
+        self._full: object = None
+        self._partial: object = None
+        try:
+            from starlette.routing import Match
+        except ImportError:
+            return
+        self._full, self._partial = Match.FULL, Match.PARTIAL
+
+    def template(self, scope: Scope) -> tuple[str | None, bool]:
+        """The template (None if nothing matches) and whether it depends on the path only."""
+        owner = self._owner
+        if owner is None:
+            # Added with app.add_middleware(): Starlette put itself in the scope.
+            owner = routes_owner(scope.get("app"))
+            if owner is None or self._full is None:
+                return None, True
+        routes = getattr(owner, "routes", None)
+        if not isinstance(routes, list) or self._full is None:
+            return None, True
+        # A copy: matching must not leave anything in the scope the app receives.
+        return self._match(routes, {**scope}, 0)
+
+    def _match(self, routes: list[Any], scope: Scope, depth: int) -> tuple[str | None, bool]:
+        partial: tuple[Any, Scope] | None = None
+        for route in _candidates(routes):
+            match, child = route.matches(scope)
+            if match is self._full:
+                return self._join(route, scope, child, depth)
+            if match is self._partial and partial is None:
+                partial = (route, child)
+        if partial is not None:
+            return self._join(partial[0], scope, partial[1], depth)
+        return None, True
+
+    def _join(self, route: Any, scope: Scope, child: Scope, depth: int) -> tuple[str | None, bool]:
+        path = getattr(route, "path", None)
+        prefix = path if isinstance(path, str) else ""
+        by_path = not hasattr(route, "host")  # Host routes match on a header
+        inner_routes = getattr(route, "routes", None)
+        if not isinstance(inner_routes, list):
+            return prefix, by_path  # a Route or WebSocketRoute
+        if not inner_routes:
+            return f"{prefix}/{{path}}", by_path  # a Mount of a routeless ASGI app
+        if depth >= _MAX_MOUNT_DEPTH:
+            return None, by_path
+        inner, inner_by_path = self._match(inner_routes, {**scope, **child}, depth + 1)
+        return (None if inner is None else prefix + inner), by_path and inner_by_path
