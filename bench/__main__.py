@@ -21,6 +21,7 @@ from .agent_overhead import agent_overhead
 from .channels import awaited_handoff, nowait_pair
 from .close_latency import close_latency
 from .figure import Figure
+from .grpc_latency import grpc_unary
 from .report import console_table, performance_doc, this_machine, write_doc
 from .threads import thread_handoff
 
@@ -42,6 +43,8 @@ class Plan:
     close_batches: int
     churn_cycles: int
     churn_rounds: int
+    grpc_calls: int
+    grpc_rounds: int
 
 
 QUICK = Plan(
@@ -54,6 +57,8 @@ QUICK = Plan(
     close_batches=4,
     churn_cycles=2_000,
     churn_rounds=3,
+    grpc_calls=200,
+    grpc_rounds=5,
 )
 FULL = Plan(
     pairs=50_000,
@@ -65,6 +70,8 @@ FULL = Plan(
     close_batches=40,
     churn_cycles=20_000,
     churn_rounds=15,
+    grpc_calls=2_000,
+    grpc_rounds=21,
 )
 
 
@@ -86,13 +93,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _benchmarks(plan: Plan) -> list[tuple[str, Callable[[], Figure]]]:
+def _benchmarks(plan: Plan) -> list[tuple[str, Callable[[], Figure | list[Figure]]]]:
     return [
         ("nowait pair", lambda: nowait_pair(plan.pairs, plan.pair_rounds)),
         ("awaited handoff", lambda: awaited_handoff(plan.handoff_items, plan.handoff_rounds)),
         ("thread handoff", lambda: thread_handoff(plan.thread_items, plan.thread_rounds)),
         ("close latency", lambda: close_latency(plan.close_batches)),
         ("agent overhead", lambda: agent_overhead(plan.churn_cycles, plan.churn_rounds)),
+        ("gRPC unary (sync)", lambda: grpc_unary("sync", plan.grpc_calls, plan.grpc_rounds)),
+        ("gRPC unary (aio)", lambda: grpc_unary("aio", plan.grpc_calls, plan.grpc_rounds)),
     ]
 
 
@@ -105,11 +114,12 @@ def _run(plan: Plan) -> tuple[list[Figure], list[str]]:
         started = time.monotonic()
         print(f"running {label} ...", file=sys.stderr, flush=True)
         try:
-            figures.append(benchmark())
+            result = benchmark()
         except Exception:
             errors.append(f"{label}: {traceback.format_exc()}")
             print(f"  {label} failed:\n{traceback.format_exc()}", file=sys.stderr)
             continue
+        figures.extend(result if isinstance(result, list) else [result])
         print(f"  done in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
     return figures, errors
 

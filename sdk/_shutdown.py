@@ -72,17 +72,16 @@ class ShutdownState:
     exit_code: int | None = None
     inflight_at_exit: dict[str, int] | None = None
     topology: dict[str, Any] | None = None
+    # phase != RUNNING, kept as a plain attribute: every request's start and end reads it.
+    shutting_down: bool = False
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-
-    @property
-    def shutting_down(self) -> bool:
-        return self.phase != RUNNING
 
     # -- transitions ------------------------------------------------------------------------
 
     def _advance(self, phase: str) -> None:
         if PHASES.index(phase) > PHASES.index(self.phase):
             self.phase = phase
+            self.shutting_down = True
 
     def note_signal(self, signum: int) -> None:
         with self.lock:
@@ -264,6 +263,7 @@ class ShutdownState:
                 "exit_code",
                 "inflight_at_exit",
                 "topology",
+                "shutting_down",
             ):
                 setattr(self, name, getattr(fresh, name))
 

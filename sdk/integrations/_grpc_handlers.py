@@ -146,10 +146,13 @@ def _sync_server_unary(behavior: Behavior, registry: Registry, stats: Stats) -> 
         except Exception:
             _runtime.note_internal_error()  # a context without is_active()/code(): not grpc's
             outcome = ok
+        # The count is closed when grpc ends the RPC, after the response went out, so the
+        # bookkeeping is off the response path (and the duration includes sending it).
         try:
-            registry.finish(stats, started, outcome)
+            if not context.add_callback(lambda: _finish(registry, stats, started, outcome)):
+                _finish(registry, stats, started, outcome)  # the RPC already ended
         except Exception:
-            _runtime.note_internal_error()
+            _finish(registry, stats, started, outcome)
         return response
 
     return handler
@@ -213,10 +216,12 @@ def _aio_coroutine(behavior: Behavior, registry: Registry, stats: Stats) -> Beha
         except BaseException as error:
             _finish(registry, stats, started, _aio_outcome(context, error))
             raise
+        outcome = _aio_outcome(context, None)
+        # Closed when grpc ends the RPC, after the response went out: off the response path.
         try:
-            registry.finish(stats, started, _aio_outcome(context, None))
+            context.add_done_callback(lambda _: _finish(registry, stats, started, outcome))
         except Exception:
-            _runtime.note_internal_error()
+            _finish(registry, stats, started, outcome)
         return response
 
     return handler

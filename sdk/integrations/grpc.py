@@ -65,9 +65,10 @@ ServicerT = TypeVar("ServicerT")
 class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """For ``grpc.server(..., interceptors=[ServerInterceptor()])``: counts every RPC.
 
-    Thread-safe; costs about a microsecond of CPU per RPC (two clock reads, two
-    uncontended lock acquisitions, ``context.is_active()``). Constructing it starts
-    drainwatch's reporter.
+    Thread-safe. Measured on a loopback unary RPC (``python -m bench``, docs/performance.md):
+    about +7 µs per call on the sync server, a tenth of what OpenTelemetry's tracing
+    interceptor adds; the count is closed in grpc's termination callback, after the
+    response went out. Constructing it starts drainwatch's reporter.
     """
 
     def __init__(self) -> None:

@@ -1,0 +1,293 @@
+"""Figures 6 to 9: a loopback unary gRPC call through drainwatch's server interceptor.
+
+For each server kind (``grpc.server`` with a thread pool and a sync client, ``grpc.aio``
+with an aio client) a server process (``bench.grpc_target``) serves one raw-bytes method on
+three ports: without an interceptor, with drainwatch's, and with OpenTelemetry's. The bench
+process is the client. A round makes ``calls`` calls to each server, interleaved call by
+call (A B C, C B A, A B C, ... with the first server rotating from round to round) and
+timed one by one; each server's figure for the round is its mean call latency. A noisy
+neighbour's slice of CPU then lands on all three servers alike, where timing a block of
+calls per server would charge it to whichever server was running.
+
+Two figures per kind: the round's drainwatch/baseline ratio (median over rounds, budget
+``BUDGET_RATIO``), and drainwatch's added time per call against OpenTelemetry's (medians
+over rounds of candidate minus baseline, budget ``BUDGET_SHARE_OF_OPENTELEMETRY``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from .agent_process import LineReader, stop_process
+from .figure import Figure, ratio_figure
+from .grpc_target import FULL_METHOD, VARIANTS
+from .measure import Comparison, gc_paused, quartiles
+
+BUDGET_RATIO = 1.01
+BUDGET_SHARE_OF_OPENTELEMETRY = 0.20
+WARMUP_ROUNDS = 2
+_PAYLOAD = b"ping"
+_BASELINE = VARIANTS.index("baseline")
+_DRAINWATCH = VARIANTS.index("drainwatch")
+_OPENTELEMETRY = VARIANTS.index("opentelemetry")
+_START_TIMEOUT_SECONDS = 30.0
+_STOP_TIMEOUT_SECONDS = 10.0
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+RoundRunner = Callable[[int, int], list[float]]
+"""``(calls, round_index)``: runs one round, returns each server's mean call latency in ns."""
+
+
+def _orders(round_index: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    first = round_index % len(VARIANTS)
+    order = tuple((first + step) % len(VARIANTS) for step in range(len(VARIANTS)))
+    return order, order[::-1]
+
+
+def _sync_round(
+    stubs: Sequence[Callable[[bytes], bytes]], calls: int, round_index: int
+) -> list[float]:
+    forward, backward = _orders(round_index)
+    totals = [0] * len(stubs)
+    clock = time.perf_counter_ns
+    for call in range(calls):
+        for index in forward if call % 2 == 0 else backward:
+            stub = stubs[index]
+            started = clock()
+            stub(_PAYLOAD)
+            totals[index] += clock() - started
+    return [total / calls for total in totals]
+
+
+async def _aio_round(
+    stubs: Sequence[grpc.aio.UnaryUnaryMultiCallable], calls: int, round_index: int
+) -> list[float]:
+    forward, backward = _orders(round_index)
+    totals = [0] * len(stubs)
+    clock = time.perf_counter_ns
+    for call in range(calls):
+        for index in forward if call % 2 == 0 else backward:
+            stub = stubs[index]
+            started = clock()
+            await stub(_PAYLOAD)
+            totals[index] += clock() - started
+    return [total / calls for total in totals]
+
+
+def _check_echo(response: object, port: int) -> None:
+    if response != _PAYLOAD:
+        raise RuntimeError(f"the server on port {port} answered {response!r}, not {_PAYLOAD!r}")
+
+
+@contextmanager
+def _sync_client(ports: Sequence[int]) -> Iterator[RoundRunner]:
+    channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for port in ports]
+    try:
+        # _registered_method=True is what generated stubs pass.
+        stubs = [channel.unary_unary(FULL_METHOD, _registered_method=True) for channel in channels]
+        for stub, port in zip(stubs, ports, strict=True):
+            _check_echo(stub(_PAYLOAD), port)
+        yield lambda calls, round_index: _sync_round(stubs, calls, round_index)
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+async def _open_aio(ports: Sequence[int]) -> list[grpc.aio.Channel]:
+    # Created inside the loop: an aio channel belongs to the loop running when it is made.
+    return [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for port in ports]
+
+
+async def _check_aio(
+    stubs: Sequence[grpc.aio.UnaryUnaryMultiCallable], ports: Sequence[int]
+) -> None:
+    for stub, port in zip(stubs, ports, strict=True):
+        _check_echo(await stub(_PAYLOAD), port)
+
+
+async def _close_aio(channels: Sequence[grpc.aio.Channel]) -> None:
+    for channel in channels:
+        await channel.close()
+
+
+@contextmanager
+def _aio_client(ports: Sequence[int]) -> Iterator[RoundRunner]:
+    loop = asyncio.new_event_loop()
+    try:
+        channels = loop.run_until_complete(_open_aio(ports))
+        try:
+            stubs = [
+                channel.unary_unary(FULL_METHOD, _registered_method=True) for channel in channels
+            ]
+            loop.run_until_complete(_check_aio(stubs, ports))
+            yield lambda calls, round_index: loop.run_until_complete(
+                _aio_round(stubs, calls, round_index)
+            )
+        finally:
+            loop.run_until_complete(_close_aio(channels))
+    finally:
+        loop.close()
+
+
+class _ServerProcess:
+    """A running ``bench.grpc_target``: its ports, and at the end what it counted."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bench.grpc_target", kind],
+            cwd=_REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if self._process.stdout is None or self._process.stderr is None:
+            raise RuntimeError("the gRPC server's pipes are missing")  # pragma: no cover
+        self._stdout = LineReader(self._process.stdout, f"grpc-{kind}-stdout")
+        self._stderr = LineReader(self._process.stderr, f"grpc-{kind}-stderr")
+        self.ports = [
+            int(port) for port in self._expect("ready", len(VARIANTS), _START_TIMEOUT_SECONDS)
+        ]
+
+    def _expect(self, word: str, count: int, timeout: float) -> list[str]:
+        """The ``count`` fields after ``word`` on the server's next line of output."""
+        line = self._stdout.next_line(timeout)
+        fields = line.split() if line is not None else []
+        if fields[:1] != [word] or len(fields) != count + 1:
+            raise RuntimeError(
+                f"the {self.kind} gRPC server did not print {word!r} (got {line!r}); "
+                f"its stderr:\n{self._stderr.tail()}"
+            )
+        return fields[1:]
+
+    def counted(self) -> tuple[int, int]:
+        """Stop the servers; (RPCs drainwatch counted, spans OpenTelemetry ended)."""
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        rpcs, spans = self._expect("counted", 2, _STOP_TIMEOUT_SECONDS)
+        return int(rpcs), int(spans)
+
+    def stop(self) -> None:
+        if self._process.stdin is not None and not self._process.stdin.closed:
+            self._process.stdin.close()
+        stop_process(self._process)
+
+
+def _measure(kind: str, calls: int, rounds: int) -> list[list[float]]:
+    """Per variant, each round's mean call latency in ns."""
+    server = _ServerProcess(kind)
+    try:
+        client = _sync_client if kind == "sync" else _aio_client
+        samples: list[list[float]] = [[] for _ in VARIANTS]
+        with client(server.ports) as run_round:
+            for round_index in range(WARMUP_ROUNDS):
+                run_round(calls, round_index)
+            for round_index in range(rounds):
+                with gc_paused():
+                    latencies = run_round(calls, round_index)
+                for sample, latency in zip(samples, latencies, strict=True):
+                    sample.append(latency)
+        sent = 1 + (WARMUP_ROUNDS + rounds) * calls
+        rpcs, spans = server.counted()
+    finally:
+        server.stop()
+    if (rpcs, spans) != (sent, sent):
+        raise RuntimeError(
+            f"{sent} calls per server, but drainwatch counted {rpcs} RPCs and OpenTelemetry "
+            f"ended {spans} spans: an interceptor did not see every call"
+        )
+    return samples
+
+
+def _added_text(nanoseconds: float) -> str:
+    return f"{nanoseconds / 1000:+.1f} µs"
+
+
+def _added(samples: list[list[float]], variant: int) -> list[float]:
+    return [
+        candidate - baseline
+        for candidate, baseline in zip(samples[variant], samples[_BASELINE], strict=True)
+    ]
+
+
+def _quartile_text(values: Sequence[float]) -> str:
+    q1, _, q3 = quartiles(values)
+    return f"{q1 / 1000:+.1f} to {q3 / 1000:+.1f} µs"
+
+
+def _overhead_figure(kind: str, samples: list[list[float]], calls: int) -> Figure:
+    baseline, drainwatch = samples[_BASELINE], samples[_DRAINWATCH]
+    q1, ratio, q3 = quartiles([d / b for d, b in zip(drainwatch, baseline, strict=True)])
+    comparison = Comparison(
+        baseline_ns=statistics.median(baseline),
+        candidate_ns=statistics.median(drainwatch),
+        ratio=ratio,
+        ratio_q1=q1,
+        ratio_q3=q3,
+        rounds=len(baseline),
+    )
+    added = _added(samples, _DRAINWATCH)
+    opentelemetry_ratio = statistics.median(
+        [o / b for o, b in zip(samples[_OPENTELEMETRY], baseline, strict=True)]
+    )
+    return ratio_figure(
+        f"gRPC unary ({kind}) with in-flight tracking",
+        comparison,
+        baseline="no interceptor",
+        candidate="drainwatch",
+        unit="call",
+        budget=BUDGET_RATIO,
+        note=(
+            f"{calls} calls per server per round, interleaved call by call with the "
+            f"baseline and OpenTelemetry servers; drainwatch adds "
+            f"{_added_text(statistics.median(added))} per call (interquartile range "
+            f"{_quartile_text(added)}); OpenTelemetry's ratio in the same rounds is "
+            f"{opentelemetry_ratio:.3f}"
+        ),
+    )
+
+
+def _share_figure(kind: str, samples: list[list[float]]) -> Figure:
+    drainwatch, opentelemetry = _added(samples, _DRAINWATCH), _added(samples, _OPENTELEMETRY)
+    drainwatch_ns = statistics.median(drainwatch)
+    opentelemetry_ns = statistics.median(opentelemetry)
+    # With OpenTelemetry adding nothing measurable the share means nothing: report a miss.
+    share = drainwatch_ns / opentelemetry_ns if opentelemetry_ns > 0 else None
+    return Figure(
+        name=f"gRPC unary ({kind}): drainwatch's added time vs OpenTelemetry's",
+        baseline=f"OpenTelemetry: {_added_text(opentelemetry_ns)}/call",
+        candidate=f"drainwatch: {_added_text(drainwatch_ns)}/call",
+        ratio="-" if share is None else f"{share:.3f}",
+        spread=(
+            f"drainwatch {_quartile_text(drainwatch)}, OpenTelemetry "
+            f"{_quartile_text(opentelemetry)} (n={len(drainwatch)})"
+        ),
+        budget=f"≤ {BUDGET_SHARE_OF_OPENTELEMETRY:.2f}",
+        meets=share is not None and share <= BUDGET_SHARE_OF_OPENTELEMETRY,
+        note=(
+            "added time is a server's mean call latency minus the baseline's in the same "
+            "round, per call; the ratio is drainwatch's median over OpenTelemetry's, the "
+            "spread the interquartile ranges of both; OpenTelemetry runs "
+            "opentelemetry-instrumentation-grpc with an opentelemetry-sdk TracerProvider "
+            "whose only span processor counts ended spans (every span sampled and recorded, "
+            "nothing exported)"
+        ),
+    )
+
+
+def grpc_unary(kind: str, calls: int, rounds: int) -> list[Figure]:
+    """The two figures of one server kind, ``"sync"`` or ``"aio"``: drainwatch against no
+    interceptor, and drainwatch's added time against OpenTelemetry's."""
+    samples = _measure(kind, calls, rounds)
+    return [_overhead_figure(kind, samples, calls), _share_figure(kind, samples)]
