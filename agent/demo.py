@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 from .app import Agent
 from .config import AgentConfig
-from .loadgen import GrpcBurst, wait_for_port
+from .loadgen import GrpcBurst, free_port, wait_for_port
 from .report_cli import render_report
 from .state_json import state_document
 
@@ -91,12 +90,6 @@ def render_channels(document: dict[str, Any], service: str | None = None) -> str
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def _channels_part(agent: Agent, script: Path, endpoint: str) -> int:
     print(f"\n== 1. channels: {script} reports to {endpoint}")
     env = {**os.environ, "DRAINWATCH_ENDPOINT": endpoint, "DRAINWATCH_SERVICE": DEMO_SERVICE}
@@ -109,7 +102,7 @@ async def _channels_part(agent: Agent, script: Path, endpoint: str) -> int:
 
 async def _payments_part(agent: Agent, script: Path, endpoint: str, variant: str) -> int:
     service = f"payments-{variant}"
-    port, health_port = _free_port(), _free_port()
+    port, health_port = free_port(), free_port()
     print(
         f"\n== {2 if variant == 'broken' else 3}. {variant} shutdown: {script.name} under "
         f"drainwatch run, {PAYMENTS_IN_FLIGHT} payments in flight, then SIGTERM"

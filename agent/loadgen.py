@@ -40,6 +40,14 @@ async def wait_for_port(host: str, port: int, timeout: float = 20.0) -> bool:
     return False
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (for starting a service under test)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def port_is_listening(host: str, port: int) -> bool:
     with socket.socket() as probe:
         probe.settimeout(0.5)

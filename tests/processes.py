@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +47,22 @@ class Samples:
             if all(sample_labels.get(key) == expected for key, expected in labels.items()):
                 return value
         return None
+
+
+def assert_promtool_clean(exposition: str) -> None:
+    """``promtool check metrics`` finds nothing to fix in ``exposition``."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: install Debian's 'prometheus' package (.ci/run does)"
+    result = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=exposition,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stderr
 
 
 class AgentProcess:

@@ -10,9 +10,9 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 from aiohttp import web
@@ -27,13 +27,10 @@ from drainwatch.agent.pushgateway import (
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.aio import run
+
 T = TypeVar("T")
 PUSHGATEWAY = shutil.which("prometheus-pushgateway")
-
-
-def run(coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
-    """Run ``coro`` in a fresh loop and fail after ``timeout`` seconds."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def final_metrics(liveness: float = 0.0) -> CollectorRegistry:

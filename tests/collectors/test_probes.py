@@ -7,7 +7,7 @@ import asyncio
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -37,21 +37,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.aio import run, until
+
 T = TypeVar("T")
 FAST = 0.03  # seconds between checks in tests
-
-
-def run(coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
-    """Run ``coro`` in a fresh loop and fail after ``timeout`` seconds."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
-    """Yield to the loop until ``condition`` holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def status_of(runner: ProbeRunner, name: str) -> ProbeStatus:

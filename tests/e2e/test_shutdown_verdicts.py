@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from drainwatch.agent.loadgen import CallOutcome, GrpcBurst, HttpBurst, wait_for_port
+from drainwatch.agent.loadgen import CallOutcome, GrpcBurst, HttpBurst, free_port, wait_for_port
 
 from tests.processes import AgentProcess, Samples, running_agent
 
@@ -46,14 +46,6 @@ SERVICE_KINDS = {
 }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclass
 class Drain:
     outcomes: list[CallOutcome]
@@ -77,7 +69,7 @@ async def _probe_readiness(url: str, stop: asyncio.Event) -> None:
 
 
 async def _drive(agent: AgentProcess, kind: Service, variant: str, service: str) -> Drain:
-    port, health_port = _free_port(), _free_port()
+    port, health_port = free_port(), free_port()
     command = [
         sys.executable,
         "-m",

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import TypeVar
 
 import drainwatch
 import pytest
 from drainwatch import _inflight, _runtime, _shutdown
 
+from tests.aio import run, until
+
+__all__ = ["active", "outcomes", "registry", "run", "until"]
+
 T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
-    """Run ``coro`` in a fresh event loop; raise ``TimeoutError`` after ``timeout`` seconds."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
-    """Yield to the loop until ``condition`` holds; fail the test after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.002)
 
 
 @pytest.fixture(autouse=True)

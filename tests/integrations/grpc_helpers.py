@@ -103,11 +103,6 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
     return True
 
 
-def run(coro: Any, timeout: float = 10.0) -> Any:
-    """Run an async test body in a fresh loop, failing it after ``timeout`` seconds."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
 # -- servers ---------------------------------------------------------------------------------------
 
 

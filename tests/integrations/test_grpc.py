@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -22,12 +21,15 @@ import grpc  # type: ignore[import-untyped, unused-ignore]
 import grpc.aio  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from drainwatch import _inflight, _runtime, _shutdown
+from drainwatch.agent.loadgen import free_port
 from drainwatch.integrations import grpc as drainwatch_grpc
 from grpc_health.v1 import (  # type: ignore[import-untyped, unused-ignore]
     health,
     health_pb2,
     health_pb2_grpc,
 )
+
+from tests.aio import run
 
 from .grpc_helpers import (
     KINDS,
@@ -40,7 +42,6 @@ from .grpc_helpers import (
     listener,
     method,
     outcomes,
-    run,
     stats,
     sync_server,
     until,
@@ -800,13 +801,6 @@ def test_health_only_server_gets_the_health_role() -> None:
         finally:
             health_server.stop(None).wait(5.0)
             business.stop(None).wait(5.0)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def test_health_ports_variable_forces_the_health_role(
