@@ -1,4 +1,4 @@
-"""The ``drainwatch`` command: ``agent`` (the sidecar), ``demo``, ``run`` and ``report``.
+"""The ``drainwatch`` command: ``agent`` (the sidecar), ``demo``, ``run``, ``report``, ``doctor``.
 
 Exit codes: 0 done, 1 a check or the demo failed, 2 usage or configuration error.
 """
@@ -57,6 +57,98 @@ def _add_agent_flags(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="grace budget of a shutdown: terminationGracePeriodSeconds minus preStop (default 30)",
     )
+    _add_outside_flags(parser)
+
+
+# (flag, dotted key, metavar or None for an on/off switch, help)
+_OUTSIDE_FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
+    ("--target-pid", "target.pid", "PID", "the target's main process, as this agent sees it"),
+    ("--target-cmdline", "target.cmdline", "REGEX", "target processes whose command line matches"),
+    ("--target-from-sdk", "target.from_sdk", None, "also target the processes the SDK reports"),
+    (
+        "--target-exit-wait",
+        "target.exit_wait_seconds",
+        "SECONDS",
+        "on SIGTERM, wait this long for the target to exit (default 30)",
+    ),
+    ("--health-ports", "ports.health", "PORTS", "comma-separated ports with the health role"),
+    ("--metrics-ports", "ports.metrics", "PORTS", "comma-separated ports with the metrics role"),
+    (
+        "--sample-interval",
+        "sampling.interval_seconds",
+        "SECONDS",
+        "listener/process sampling interval (default 0.05)",
+    ),
+    (
+        "--sample-draining-interval",
+        "sampling.draining_interval_seconds",
+        "SECONDS",
+        "the same while the target drains (default 0.02)",
+    ),
+    ("--pyspy", "pyspy.enabled", None, "sample the target's stacks with py-spy (default on)"),
+    ("--pyspy-binary", "pyspy.binary", "PATH", "the py-spy executable (default: on PATH)"),
+    ("--pyspy-interval", "pyspy.interval_seconds", "SECONDS", "between dumps (default 5)"),
+    (
+        "--pyspy-draining-interval",
+        "pyspy.draining_interval_seconds",
+        "SECONDS",
+        "between dumps while the target drains (default 1)",
+    ),
+    ("--pyspy-timeout", "pyspy.timeout_seconds", "SECONDS", "a dump is killed after (default 3)"),
+    ("--pyspy-max-per-minute", "pyspy.max_per_minute", "N", "dump rate cap (default 60)"),
+    ("--pyspy-blocking", "pyspy.blocking", None, "pause the target for each dump (default off)"),
+    ("--pyspy-locals", "pyspy.locals", None, "capture local variables (default off: secrets)"),
+    (
+        "--last-words-at",
+        "pyspy.last_words_at",
+        "SHARE",
+        "keep a dump when the drain has used this share of its budget (default 0.5)",
+    ),
+    ("--probe-http", "probes.http", "NAME=URL", "an HTTP health probe; repeatable"),
+    ("--probe-grpc", "probes.grpc", "NAME=HOST:PORT[/SVC]", "a grpc.health.v1 probe; repeatable"),
+    ("--probe-interval", "probes.interval_seconds", "SECONDS", "between checks (default 2)"),
+    (
+        "--probe-fast-interval",
+        "probes.fast_interval_seconds",
+        "SECONDS",
+        "between checks while the target drains (default 0.2)",
+    ),
+    ("--probe-timeout", "probes.timeout_seconds", "SECONDS", "per check (default 1)"),
+    ("--state-dir", "state.dir", "DIR", "keep drain reports here, across agent restarts"),
+    ("--state-history", "state.history", "N", "drain reports kept in the state dir (default 20)"),
+    (
+        "--final-metrics-seconds",
+        "state.final_metrics_seconds",
+        "SECONDS",
+        "a stopping agent serves its final metrics until scraped, this long at most (default 30)",
+    ),
+    ("--pushgateway", "pushgateway.url", "URL", "push the final drain metrics to a Pushgateway"),
+    ("--pushgateway-job", "pushgateway.job", "JOB", "the Pushgateway job (default drainwatch)"),
+)
+_REPEATABLE = frozenset({"probes.http", "probes.grpc"})
+
+
+def _destination(key: str) -> str:
+    return "outside_" + key.replace(".", "_")
+
+
+def _add_outside_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "outside view", "what the agent sees without the SDK (see docs/configuration.md)"
+    )
+    for flag, key, metavar, text in _OUTSIDE_FLAGS:
+        if metavar is None:
+            group.add_argument(
+                flag, dest=_destination(key), action=argparse.BooleanOptionalAction, help=text
+            )
+        else:
+            group.add_argument(
+                flag,
+                dest=_destination(key),
+                metavar=metavar,
+                action="append" if key in _REPEATABLE else "store",
+                help=text,
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +178,52 @@ def build_parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="exit after printing instead of serving until Ctrl-C"
     )
     _add_report_parser(commands)
+    doctor = commands.add_parser(
+        "doctor",
+        help="check whether this agent can sample the target's stacks with py-spy",
+        description="Run the py-spy preflight checks (binary, SYS_PTRACE, ptrace_scope, shared "
+        "PID namespace, /proc/PID/root, the target's Python) and print what is missing and how "
+        "to fix it. Exit code 0 = sampling works, 1 = it will not, 2 = usage error.",
+    )
+    doctor.add_argument("--target-pid", metavar="PID", help="the target's process id")
+    doctor.add_argument(
+        "--target-cmdline", metavar="REGEX", help="find the target by its command line"
+    )
+    doctor.add_argument("--pyspy-binary", metavar="PATH", help="the py-spy executable")
     return parser
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    try:
+        from drainwatch.collectors.preflight import render_doctor, run_preflight
+        from drainwatch.collectors.targets import (
+            TargetDiscovery,
+            TargetSelector,
+            parse_target_cmdline,
+            parse_target_pid,
+        )
+    except ImportError as error:
+        print(
+            f"drainwatch doctor: needs pip install 'drainwatch[agent]' ({error})", file=sys.stderr
+        )
+        return EXIT_USAGE
+    pid: int | None = None
+    try:
+        if args.target_pid is not None:
+            pid = parse_target_pid(args.target_pid, "--target-pid")
+        elif args.target_cmdline is not None:
+            pattern = parse_target_cmdline(args.target_cmdline, "--target-cmdline")
+            found = TargetDiscovery(TargetSelector(cmdline=pattern, from_sdk=False)).discover()
+            if not found.processes:
+                print(f"drainwatch doctor: {found.problem}", file=sys.stderr)
+                return 1
+            pid = found.processes[0].id.pid
+    except ValueError as error:
+        print(f"drainwatch doctor: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    checks = run_preflight(pid, binary=args.pyspy_binary)
+    sys.stdout.write(render_doctor(checks, pid))
+    return 0 if all(check.ok for check in checks) else 1
 
 
 def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -163,6 +300,8 @@ def _flag_layer(args: argparse.Namespace) -> Layer:
         "retention_seconds": ("--retention-seconds", args.retention_seconds),
         "drain_budget_seconds": ("--drain-budget", args.drain_budget),
     }
+    for flag, key, _, _ in _OUTSIDE_FLAGS:
+        flags[key] = (flag, getattr(args, _destination(key), None))
     return {
         key: (value, Source(f"flag {flag}"))
         for key, (flag, value) in flags.items()
@@ -192,8 +331,16 @@ def _setup_logging(level: str) -> None:
 
 async def _serve(agent: Agent, stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
+
+    def signalled() -> None:
+        # The first signal starts the wind-down (wait for the target, final scrape); a
+        # second one cuts it short.
+        if stop.is_set():
+            agent.hurry.set()
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, signalled)
     await agent.run(stop)
 
 
@@ -238,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "doctor":
+        return _doctor(args)
     return _agent_command(args)
 
 

@@ -14,15 +14,26 @@ from typing import Any
 
 from drainwatch._endpoint import DEFAULT, Endpoint, EndpointError, parse_endpoint
 
+from .config_errors import ConfigError, fail
+from .outside_config import OUTSIDE_PARSERS, OutsideConfig, build_outside
+
+__all__ = [
+    "DEFAULT_DRAIN_BUDGET_SECONDS",
+    "DEFAULT_LISTEN",
+    "KNOWN_KEYS",
+    "AgentConfig",
+    "ConfigError",
+    "Limits",
+    "ListenAddress",
+    "Source",
+    "build_config",
+]
+
 DEFAULT_LISTEN = "127.0.0.1:9469"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Kubernetes' default terminationGracePeriodSeconds: the time from SIGTERM to SIGKILL.
 DEFAULT_DRAIN_BUDGET_SECONDS = 30.0
 _DRAIN_BUDGET_RANGE = (0.1, 86_400.0)
-
-
-class ConfigError(Exception):
-    """A setting that cannot be used. ``str()`` is the message for the user."""
 
 
 @dataclass(frozen=True)
@@ -57,25 +68,20 @@ class AgentConfig:
     # The grace budget of a shutdown: terminationGracePeriodSeconds minus the preStop hook.
     drain_budget_seconds: float = DEFAULT_DRAIN_BUDGET_SECONDS
     limits: Limits = field(default_factory=Limits)
+    outside: OutsideConfig = field(default_factory=OutsideConfig)
 
 
 # -- value checks: each takes (value, where) and returns the parsed value ---------------------
 
 
-def _fail(where: str, rule: str, value: object, fix: str = "") -> ConfigError:
-    shown = repr(value) if not isinstance(value, str) else f'"{value}"'
-    message = f"{where} must be {rule}: {shown}"
-    return ConfigError(f"{message}; {fix}" if fix else message)
-
-
 def parse_listen(value: object, where: str) -> ListenAddress:
     if not isinstance(value, str) or not value.strip():
-        raise _fail(where, "HOST:PORT such as 127.0.0.1:9469", value)
+        raise fail(where, "HOST:PORT such as 127.0.0.1:9469", value)
     text = value.strip()
     host, sep, port_text = text.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise _fail(
+        raise fail(
             where,
             "HOST:PORT with a port from 0 to 65535",
             value,
@@ -85,7 +91,7 @@ def parse_listen(value: object, where: str) -> ListenAddress:
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            raise _fail(
+            raise fail(
                 where,
                 "a literal IP address or localhost",
                 value,
@@ -97,7 +103,7 @@ def parse_listen(value: object, where: str) -> ListenAddress:
 def parse_ingest(value: object, where: str) -> tuple[Endpoint, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list | tuple) or not items:
-        raise _fail(where, "a URL or a non-empty list of URLs", value)
+        raise fail(where, "a URL or a non-empty list of URLs", value)
     endpoints = []
     for item in items:
         try:
@@ -105,7 +111,7 @@ def parse_ingest(value: object, where: str) -> tuple[Endpoint, ...]:
         except EndpointError as error:
             raise ConfigError(str(error)) from None
     if len(set(endpoints)) != len(endpoints):
-        raise _fail(where, "a list without duplicates", value)
+        raise fail(where, "a list without duplicates", value)
     return tuple(endpoints)
 
 
@@ -113,13 +119,13 @@ def parse_service(value: object, where: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip() or len(value) > 128:
-        raise _fail(where, "a non-empty name of at most 128 characters", value)
+        raise fail(where, "a non-empty name of at most 128 characters", value)
     return value.strip()
 
 
 def parse_log_level(value: object, where: str) -> str:
     if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
-        raise _fail(where, "one of " + ", ".join(LOG_LEVELS), value)
+        raise fail(where, "one of " + ", ".join(LOG_LEVELS), value)
     return value.lower()
 
 
@@ -136,7 +142,7 @@ def parse_seconds(value: object, where: str, low: float = 1.0, high: float = 86_
         or not math.isfinite(number)
         or not low <= number <= high
     ):
-        raise _fail(where, f"a number of seconds from {low:g} to {high:g}", value)
+        raise fail(where, f"a number of seconds from {low:g} to {high:g}", value)
     return float(number)
 
 
@@ -155,7 +161,7 @@ def parse_limit(value: object, where: str, low: int = 1, high: int = 1_000_000) 
     if isinstance(value, str) and value.strip().isdigit():
         number = int(value)
     if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
-        raise _fail(where, f"a whole number from {low} to {high}", value)
+        raise fail(where, f"a whole number from {low} to {high}", value)
     return number
 
 
@@ -194,13 +200,17 @@ def build_config(layers: Sequence[Mapping[str, tuple[object, Source]]]) -> Agent
         merged.update(layer)
     top: dict[str, Any] = {}
     limits: dict[str, int] = {}
+    outside: dict[str, object] = {}
     for key, (value, source) in merged.items():
         if key.startswith("limits."):
             name = key.removeprefix("limits.")
             limits[name] = _limit(name, value, source.where)
+        elif key in OUTSIDE_PARSERS:
+            outside[key] = OUTSIDE_PARSERS[key](value, source.where)
         else:
             top[key] = _TOP_LEVEL_PARSERS[key](value, source.where)
-    return AgentConfig(**top, limits=Limits(**limits))
+    sources = {key: source.where for key, (_, source) in merged.items()}
+    return AgentConfig(**top, limits=Limits(**limits), outside=build_outside(outside, sources))
 
 
-KNOWN_KEYS = (*_TOP_LEVEL_PARSERS, *(f"limits.{key}" for key in _LIMIT_KEYS))
+KNOWN_KEYS = (*_TOP_LEVEL_PARSERS, *(f"limits.{key}" for key in _LIMIT_KEYS), *OUTSIDE_PARSERS)

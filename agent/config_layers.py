@@ -26,6 +26,14 @@ ENVIRONMENT_KEYS: dict[str, str] = {
     "DRAINWATCH_AGENT_LOG_LEVEL": "log_level",
     "DRAINWATCH_AGENT_RETENTION_SECONDS": "retention_seconds",
     "DRAINWATCH_AGENT_DRAIN_BUDGET_SECONDS": "drain_budget_seconds",
+    "DRAINWATCH_AGENT_TARGET_PID": "target.pid",
+    "DRAINWATCH_AGENT_TARGET_CMDLINE": "target.cmdline",
+    "DRAINWATCH_AGENT_HEALTH_PORTS": "ports.health",
+    "DRAINWATCH_AGENT_PROBE_HTTP": "probes.http",
+    "DRAINWATCH_AGENT_PROBE_GRPC": "probes.grpc",
+    "DRAINWATCH_AGENT_PYSPY": "pyspy.enabled",
+    "DRAINWATCH_AGENT_STATE_DIR": "state.dir",
+    "DRAINWATCH_AGENT_PUSHGATEWAY": "pushgateway.url",
 }
 ENV_CONFIG_FILE = "DRAINWATCH_AGENT_CONFIG"
 
@@ -86,11 +94,13 @@ def file_layer(path: str) -> Layer:
     layer: Layer = {}
     constructor = yaml.constructor.SafeConstructor()
     top_keys = sorted({key.split(".")[0] for key in KNOWN_KEYS})
-    limit_keys = sorted(
-        key.removeprefix("limits.") for key in KNOWN_KEYS if key.startswith("limits.")
-    )
-    _walk_mapping(path, root, "", top_keys, limit_keys, constructor, layer)
+    _walk_mapping(path, root, "", top_keys, constructor, layer)
     return layer
+
+
+def _section_keys(section: str) -> list[str]:
+    prefix = section + "."
+    return sorted(key.removeprefix(prefix) for key in KNOWN_KEYS if key.startswith(prefix))
 
 
 def _walk_mapping(
@@ -98,7 +108,6 @@ def _walk_mapping(
     node: yaml.MappingNode,
     prefix: str,
     known: list[str],
-    limit_keys: list[str],
     constructor: yaml.constructor.SafeConstructor,
     layer: Layer,
 ) -> None:
@@ -116,15 +125,16 @@ def _walk_mapping(
         if key in seen:
             raise ConfigError(f'config file {path}:{line}: key "{dotted}" is given twice')
         seen.add(key)
-        if dotted == "limits":
+        section = _section_keys(dotted) if not prefix else []
+        if section:
             if isinstance(value_node, yaml.ScalarNode) and value_node.value in ("", "~", "null"):
                 continue
             if not isinstance(value_node, yaml.MappingNode):
                 raise ConfigError(
-                    f'config file {path}:{line}: "limits" must be a mapping such as '
-                    "{max_services: 100}"
+                    f'config file {path}:{line}: "{dotted}" must be a mapping of its settings '
+                    f"({section[0]}: ...); its keys: {', '.join(section)}"
                 )
-            _walk_mapping(path, value_node, "limits.", limit_keys, limit_keys, constructor, layer)
+            _walk_mapping(path, value_node, dotted + ".", section, constructor, layer)
             continue
         value = constructor.construct_object(value_node, deep=True)
         layer[dotted] = (value, Source(f'config file {path}:{line}: "{dotted}"'))

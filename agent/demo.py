@@ -197,5 +197,7 @@ async def run_demo(config: AgentConfig, example: str | None, once: bool) -> int:
             loop.add_signal_handler(signum, stop.set)
     else:
         stop.set()
+    # A person stopping the demo wants it gone: no waiting for a last scrape.
+    agent.hurry.set()
     await running
     return 0 if code == 0 else EXIT_FAILED

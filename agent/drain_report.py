@@ -174,6 +174,8 @@ class DrainReport:
     violations: tuple[Violation, ...]
     updated: float
     rules: frozenset[str] = field(default_factory=frozenset)
+    outside: Mapping[str, Any] | None = None  # what the sidecar saw from outside
+    source: str = "sdk"  # sdk | outside (no SDK in the target) | restored (from the state dir)
 
     @property
     def signal(self) -> tuple[str, float] | None:
@@ -257,6 +259,8 @@ class DrainReport:
             ],
             "verdict": self.verdict,
             "updated": self.updated,
+            "source": self.source,
+            "outside": None if self.outside is None else dict(self.outside),
         }
 
     def _step_json(self, step: WaterfallStep) -> dict[str, Any]:

@@ -28,6 +28,7 @@ STATE_KEY = web.AppKey("state", State)
 REPORTS_KEY = web.AppKey("reports", DrainReports)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 READY_KEY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")
+SCRAPED_KEY: web.AppKey[Callable[[], None]] = web.AppKey("scraped")
 
 
 def _bad_request(message: str) -> web.Response:
@@ -39,6 +40,7 @@ async def metrics(request: web.Request) -> web.Response:
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     loop = asyncio.get_running_loop()
     body = await loop.run_in_executor(None, encoder, registry)
+    request.app[SCRAPED_KEY]()
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
@@ -109,17 +111,25 @@ async def index(request: web.Request) -> web.Response:
     )
 
 
+def _nothing() -> None:
+    return None
+
+
 def build_app(
     state: State,
     registry: CollectorRegistry,
     ready: Callable[[], bool],
     reports: DrainReports | None = None,
+    scraped: Callable[[], None] | None = None,
 ) -> web.Application:
+    """``scraped`` is called after each /metrics exposition was rendered (a stopping agent
+    waits for one before it leaves)."""
     app = web.Application(client_max_size=1024)
     app[STATE_KEY] = state
     app[REPORTS_KEY] = reports if reports is not None else DrainReports(state)
     app[REGISTRY_KEY] = registry
     app[READY_KEY] = ready
+    app[SCRAPED_KEY] = scraped if scraped is not None else _nothing
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

@@ -7,8 +7,9 @@ with the state lock held only while copying what is needed. Names are the contra
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from drainwatch._histogram import WAIT_BUCKETS
 from drainwatch._version import __version__
@@ -20,6 +21,9 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .outside_metrics import OutsideTarget
 
 from .channel_summary import ChannelSummary, summarize
 from .report_store import DrainReports
@@ -65,9 +69,15 @@ class StateCollector(Collector):
     """Exports channel, request, shutdown and agent self metrics; a scrape never raises on
     odd state. Without ``reports`` it keeps its own drain reports (default budget)."""
 
-    def __init__(self, state: State, reports: DrainReports | None = None) -> None:
+    def __init__(
+        self,
+        state: State,
+        reports: DrainReports | None = None,
+        outside: Callable[[], OutsideTarget | None] | None = None,
+    ) -> None:
         self._state = state
         self._reports = reports if reports is not None else DrainReports(state)
+        self._outside = outside
 
     def collect(self) -> Iterator[Metric]:
         state = self._state
@@ -89,7 +99,7 @@ class StateCollector(Collector):
             capped = dict(state.counters.capped)
         agent_service = state.default_service
         yield from _channel_families(summaries)
-        yield from collect_shutdown(state, self._reports)
+        yield from collect_shutdown(state, self._reports, self._outside)
         yield from _agent_families(agent_service, processes, datagrams, records, rejected, capped)
 
 

@@ -11,27 +11,41 @@ Locks: the state's lock is always taken before this store's lock, never the othe
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Final
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Protocol
 
 from .config import DEFAULT_DRAIN_BUDGET_SECONDS
 from .drain_report import DrainReport, build_report, snapshot, wants_report
 from .state import Instance, Service, State
 from .verdicts import RULES
 
+logger = logging.getLogger("drainwatch.agent")
+
 DEFAULT_KEEP: Final = 20
+SOURCE_OUTSIDE: Final = "outside"
+SOURCE_RESTORED: Final = "restored"
+_FINISHED_KEPT_CURRENT: Final = 32
+
+
+class OutsideSource(Protocol):
+    """The outside view's reports (``outside_report.OutsideReports``)."""
+
+    def version(self) -> tuple[int, int, int]: ...
+    def reports(self, now: float) -> list[tuple[str, DrainReport]]: ...
+    def augment(self, report: DrainReport) -> DrainReport: ...
 
 
 @dataclass(slots=True)
 class _Entry:
     report: DrainReport
-    # (last datagram seq, connected, forgotten): a complete report is rebuilt only when
-    # one of these moved
-    version: tuple[int, bool, bool]
+    # (last datagram seq, connected, forgotten, outside version): a complete report is
+    # rebuilt only when one of these moved
+    version: tuple[object, ...]
     counted: set[str] = field(default_factory=set)
     finished: bool = False
 
@@ -55,8 +69,12 @@ class DrainReports:
         budget_seconds: float = DEFAULT_DRAIN_BUDGET_SECONDS,
         keep: int = DEFAULT_KEEP,
         clock: Callable[[], float] = time.time,
+        outside: OutsideSource | None = None,
     ) -> None:
         self.budget_seconds = budget_seconds
+        self.outside = outside
+        # Called (outside every lock) with each report that was built anew: persistence.
+        self.observers: list[Callable[[DrainReport], None]] = []
         self._state = state
         self._keep = keep
         self._clock = clock
@@ -72,32 +90,94 @@ class DrainReports:
     def refresh(self) -> None:
         """Build or update the report of every process with a shutdown in progress or over."""
         now = self._clock()
+        outside_version = self.outside.version() if self.outside is not None else None
+        changed: list[DrainReport] = []
         with self._state.lock:
             for service, instance in self._state.instances():
-                self._observe(service.name, instance, now, forgotten=False)
+                self._observe(service.name, instance, now, False, outside_version, changed)
+        if self.outside is not None:
+            for key, report in self.outside.reports(now):
+                entry_key = (report.service, f"{SOURCE_OUTSIDE}:{key}")
+                if self._store(report.service, entry_key, (outside_version,), report):
+                    changed.append(report)
+        self._notify(changed)
 
     def _forget(self, service: Service, instance: Instance) -> None:
         # called by the state, with its lock held, just before it forgets the process
-        self._observe(service.name, instance, self._clock(), forgotten=True)
+        changed: list[DrainReport] = []
+        version = self.outside.version() if self.outside is not None else None
+        self._observe(service.name, instance, self._clock(), True, version, changed)
         with self._lock:
             self._current.pop((service.name, instance.instance), None)
+        self._notify(changed)
 
-    def _observe(self, service: str, instance: Instance, now: float, forgotten: bool) -> None:
+    def restore(self, reports: list[DrainReport]) -> None:
+        """Reports read back from the state directory: served and counted like finished ones
+        until newer shutdowns push them out of the history."""
+        for report in sorted(reports, key=lambda item: item.updated):
+            key = (report.service, f"{SOURCE_RESTORED}:{report.instance}:{report.updated}")
+            self._store(report.service, key, (), report)
+
+    def _prune_finished_locked(self) -> None:
+        # Outside and restored reports have no process for the state to retire: once
+        # finished they live on in the history only, beyond a few recent ones.
+        done = [
+            key
+            for key, entry in self._current.items()
+            if entry.finished and key[1].startswith((SOURCE_OUTSIDE, SOURCE_RESTORED))
+        ]
+        for key in done[: max(0, len(done) - _FINISHED_KEPT_CURRENT)]:
+            del self._current[key]
+
+    def _notify(self, changed: list[DrainReport]) -> None:
+        for report in changed:
+            for observer in self.observers:
+                try:
+                    observer(report)
+                except Exception:  # an observer must not break a scrape
+                    logger.exception("drainwatch agent: a drain report observer failed")
+
+    def _observe(
+        self,
+        service: str,
+        instance: Instance,
+        now: float,
+        forgotten: bool,
+        outside_version: object,
+        changed: list[DrainReport],
+    ) -> None:
         if not wants_report(instance, forgotten):
             return
         key = (service, instance.instance)
-        version = (instance.last_seq, instance.connected, forgotten)
+        version = (instance.last_seq, instance.connected, forgotten, outside_version)
         with self._lock:
             entry = self._current.get(key)
             if entry is not None and entry.report.complete and entry.version == version:
                 return
         report = build_report(snapshot(service, instance, forgotten), self.budget_seconds, now)
+        if self.outside is not None:
+            try:
+                report = self.outside.augment(report)
+            except Exception:  # the SDK's report stands without the outside part
+                logger.exception("drainwatch agent: the outside part of a report failed")
+        if self._store(service, key, version, report):
+            changed.append(report)
+
+    def _store(
+        self, service: str, key: tuple[str, str], version: tuple[object, ...], report: DrainReport
+    ) -> bool:
+        """Keep ``report`` under ``key``; True when it was new or changed."""
         with self._lock:
             entry = self._current.get(key)
+            if entry is not None and entry.version == version and entry.report.complete:
+                return False
             if entry is None:
                 entry = self._current[key] = _Entry(report, version)
             else:
+                before = entry.report
                 entry.report, entry.version = report, version
+                if _same(before, report):
+                    return False
             counts = self._violations.setdefault(service, dict.fromkeys(RULES, 0))
             for rule in report.rules - entry.counted:
                 entry.counted.add(rule)
@@ -108,8 +188,10 @@ class DrainReports:
                 if history is None:
                     history = self._finished[service] = deque(maxlen=self._keep)
                 history.append(entry)
+                self._prune_finished_locked()
             if report.ended is not None:
                 self._last_exit[service] = max(self._last_exit.get(service, 0.0), report.ended)
+            return True
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -169,3 +251,8 @@ class DrainReports:
 def _newest_first(report: DrainReport) -> tuple[float, str]:
     started = report.origin if report.origin is not None else report.updated
     return (-started, report.instance)
+
+
+def _same(before: DrainReport, after: DrainReport) -> bool:
+    """Nothing a reader sees has changed but the time it was built."""
+    return before == replace(after, updated=before.updated)

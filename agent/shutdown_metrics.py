@@ -9,8 +9,9 @@ rules can use ``increase()`` from the first scrape.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from drainwatch._histogram import WAIT_BUCKETS
 from prometheus_client.core import (
@@ -25,6 +26,9 @@ from .report_store import DrainReports, ServiceShutdown
 from .shutdown_state import OUTCOMES, PHASES, InflightMethod
 from .state import Instance, State
 from .verdicts import RULES
+
+if TYPE_CHECKING:
+    from .outside_metrics import OutsideTarget
 
 PROTOCOLS = ("grpc", "http", "websocket")
 _BUCKET_BOUNDS = [f"{bound:g}" for bound in WAIT_BUCKETS] + ["+Inf"]
@@ -125,13 +129,21 @@ def _gauge(name: str, documentation: str, labels: list[str]) -> GaugeMetricFamil
     return GaugeMetricFamily(name, documentation, labels=labels)
 
 
-def collect_shutdown(state: State, reports: DrainReports) -> Iterator[Metric]:
-    """Every request, listener and shutdown family; a scrape never raises on odd state."""
+def collect_shutdown(
+    state: State,
+    reports: DrainReports,
+    outside: Callable[[], OutsideTarget | None] | None = None,
+) -> Iterator[Metric]:
+    """Every request, listener and shutdown family; a scrape never raises on odd state.
+    ``outside``: what the agent's socket timeline says, merged into the listener families."""
     reports.refresh()
     with state.lock:
         views = copy_views(state)
         limit = state.limits.max_label_length
     shutdowns = reports.by_service()
+    target = outside() if outside is not None else None
+    if target is not None:
+        _merge_outside(views, target)
     yield from _request_families(views)
     yield from _listener_families(views)
     yield from _shutdown_families(views, shutdowns, reports.budget_seconds, limit)
@@ -177,10 +189,33 @@ def _request_families(views: dict[str, _ServiceView]) -> Iterator[Metric]:
     yield from (inflight, total, during_drain, duration)
 
 
+def _merge_outside(views: dict[str, _ServiceView], target: OutsideTarget) -> None:
+    """The socket timeline is the truth about processes and ports: a listener the SDK says
+    closed but whose socket still listens is up; the SDK's close time is exact, the
+    timeline's is the first sample that saw the port gone, so the SDK's is kept."""
+    view = views.get(target.service)
+    if view is None:
+        view = views[target.service] = _ServiceView(phase="running" if target.up else "stopped")
+    view.target_up = target.up
+    for listener in target.listeners:
+        key = (listener.port, listener.role)
+        entry = view.listeners.get(key)
+        if entry is None:
+            view.listeners[key] = _Listener(listener.up, listener.closed)
+            continue
+        entry.up = listener.up
+        if listener.up:
+            entry.closed = None
+        elif entry.closed is None:
+            entry.closed = listener.closed
+
+
 def _listener_families(views: dict[str, _ServiceView]) -> Iterator[Metric]:
     labels = ["service", "port", "role"]
     up = _gauge(
-        "drainwatch_listener_up", "1 while the target listens on the port (SDK events).", labels
+        "drainwatch_listener_up",
+        "1 while the target listens on the port (SDK events and the agent's socket samples).",
+        labels,
     )
     closed = _gauge(
         "drainwatch_listener_closed_timestamp_seconds",
@@ -189,7 +224,7 @@ def _listener_families(views: dict[str, _ServiceView]) -> Iterator[Metric]:
     )
     target_up = _gauge(
         "drainwatch_target_up",
-        "1 while an SDK process of the service is connected and has not exited.",
+        "1 while a process of the target is alive (SDK connection, or the agent's samples).",
         ["service"],
     )
     for service, view in sorted(views.items()):

@@ -266,9 +266,12 @@ class StateDir:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def load_reports(self) -> list[dict[str, Any]]:
+    def load_reports(
+        self, validate: Callable[[dict[str, Any]], object] | None = None
+    ) -> list[dict[str, Any]]:
         """The kept reports, newest first (at most ``keep``). Bad files are quarantined,
-        unknown files ignored; never raises."""
+        unknown files ignored; never raises. ``validate`` raises ``ValueError`` for a
+        report that parses as JSON but cannot be used: that file is quarantined too."""
         with self._lock:
             reports: list[dict[str, Any]] = []
             self._index.clear()
@@ -276,6 +279,12 @@ class StateDir:
                 report = self._read(name)
                 if report is None:
                     continue
+                if validate is not None:
+                    try:
+                        validate(report)
+                    except ValueError as error:
+                        self._quarantine(name, "invalid", f"not a drain report: {error}")
+                        continue
                 key = _key(report)
                 if key is not None and key in self._index:
                     self._remove(self.path / name)  # an older copy of a report kept newer
@@ -423,9 +432,9 @@ class StateDirCollector(Collector):
         quarantined = CounterMetricFamily(
             "drainwatch_state_dir_quarantined",
             "Files moved to quarantine/ on reading, by reason (corrupt, oversized, "
-            "unknown_format, not_a_file).",
+            "unknown_format, not_a_file, invalid).",
             labels=["service", "reason"],
         )
-        for reason in ("corrupt", "oversized", "unknown_format", "not_a_file"):
+        for reason in ("corrupt", "oversized", "unknown_format", "not_a_file", "invalid"):
             quarantined.add_metric([service, reason], stats.quarantined.get(reason, 0))
         yield from (saved, errors, quarantined)

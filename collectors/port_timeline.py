@@ -1,4 +1,4 @@
-"""The target's listening ports over time, their roles, and the shutdown order they show.
+"""The target's listening ports over time, and the metrics and sampling pace they give.
 
 ``PortTimeline`` is fed successive ``ProcessSample``s and keeps, per port, each period it
 was listening: the sample that first saw it, the last sample that saw it, and the first
@@ -6,33 +6,68 @@ sample where it was gone (the close is bracketed by those two). Ports belong to 
 not to one process: a port several workers listen on stays up until the last one closes it.
 A port is never closed on a sample that could not read some live process's sockets.
 
-``health_closed_before_business(view)`` judges the order from the timeline alone, without
-any SDK, and only when the order is certain: a health port was seen gone in a sample that
-finished before a later sample in which a business port was still listening. Two closes
-seen in the same sample (a tie within one sampling interval) are never flagged. Given a
-sampling interval P and a sample duration d, closes at least 2P + d apart are always
-ordered; ``SamplingPlan`` holds the recommended intervals.
+``view()`` returns the immutable ``TimelineView`` (:mod:`drainwatch.collectors.timeline_view`,
+with the port roles); ``contract_metrics`` turns it into the metric-contract series,
+``health_closed_before_business`` (:mod:`drainwatch.collectors.shutdown_order`) judges the
+shutdown order it shows, and ``SamplingPlan`` picks the sampling intervals from it.
 
 Thread safety: ``feed`` (the sampling worker) and ``view`` (/metrics, verdicts) take the
-lock; ``view`` returns immutable data that the pure functions here read.
+lock; ``view`` returns immutable data that the pure functions read.
 """
 
 from __future__ import annotations
 
 import threading
-import urllib.parse
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Final, NamedTuple
+from dataclasses import dataclass
+from typing import Final
 
 from .process import ProcessSample
-from .targets import ProcessId
+from .shutdown_order import OrderVerdict, health_closed_before_business
+from .target_types import ProcessId
+from .timeline_view import (
+    BUSINESS,
+    HEALTH,
+    METRICS,
+    UNKNOWN,
+    ListenerState,
+    PortInterval,
+    PortRoles,
+    ProcessExit,
+    SampleMark,
+    TimelineView,
+    probe_port,
+)
 
-HEALTH: Final = "health"
-BUSINESS: Final = "business"
-METRICS: Final = "metrics"
-UNKNOWN: Final = "unknown"
+# The timeline's view, roles and verdict are what a timeline is read with, so callers get
+# them from here along with PortTimeline.
+__all__ = [
+    "BUSINESS",
+    "HEALTH",
+    "LISTENER_CLOSED",
+    "LISTENER_UP",
+    "METRICS",
+    "OUTBOUND",
+    "TARGET_EXIT",
+    "TARGET_UP",
+    "TCP_CONNECTIONS",
+    "UNKNOWN",
+    "ListenerState",
+    "MetricSample",
+    "OrderVerdict",
+    "PortInterval",
+    "PortRoles",
+    "PortTimeline",
+    "ProcessExit",
+    "SampleMark",
+    "SamplingPlan",
+    "TimelineView",
+    "contract_metrics",
+    "health_closed_before_business",
+    "probe_port",
+]
+
 # connections on a local port the target never listened on: its own outgoing connections,
 # folded into one series so ephemeral ports never become labels
 OUTBOUND: Final = "outbound"
@@ -43,113 +78,7 @@ TCP_CONNECTIONS: Final = "drainwatch_tcp_connections"
 TARGET_UP: Final = "drainwatch_target_up"
 TARGET_EXIT: Final = "drainwatch_target_exit_timestamp_seconds"
 
-_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _EXITS_KEPT: Final = 64
-
-
-def probe_port(target: str) -> int | None:
-    """The TCP port a probe targets: ``http://host:8081/healthz`` -> 8081, ``https://h/``
-    -> 443, ``host:50051/my.Service`` (gRPC) -> 50051. None when there is none."""
-    text = target.strip()
-    if "://" in text:
-        try:
-            parts = urllib.parse.urlsplit(text)
-            return parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
-        except ValueError:
-            return None
-    address = text.split("/", 1)[0]
-    _, separator, port = address.rpartition(":")
-    if separator and port.isdigit() and 0 < int(port) < 65536:
-        return int(port)
-    return None
-
-
-@dataclass(frozen=True)
-class PortRoles:
-    """Where a port's role comes from, in order: configured health or metrics ports, the
-    SDK's listener info (``port -> role``), a health probe targeting the port; any other
-    port is ``business``. With none of these known, every port is ``unknown``."""
-
-    health_ports: frozenset[int] = frozenset()
-    metrics_ports: frozenset[int] = frozenset()
-    probe_targets: tuple[str, ...] = ()  # probe URLs, or HOST:PORT[/service] for gRPC
-    sdk_roles: tuple[tuple[int, str], ...] = ()
-    _probed: frozenset[int] = field(init=False, repr=False, compare=False)
-    _sdk: dict[int, str] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        probed = {port for port in map(probe_port, self.probe_targets) if port is not None}
-        object.__setattr__(self, "_probed", frozenset(probed))
-        object.__setattr__(self, "_sdk", dict(self.sdk_roles))
-
-    @property
-    def known(self) -> bool:
-        return bool(self.health_ports or self.metrics_ports or self._probed or self._sdk)
-
-    def role(self, port: int) -> str:
-        return self.explain(port)[0]
-
-    def explain(self, port: int) -> tuple[str, str]:
-        """The role of ``port`` and where it comes from (for explanations)."""
-        if port in self.health_ports:
-            return HEALTH, "a configured health port"
-        if port in self.metrics_ports:
-            return METRICS, "a configured metrics port"
-        sdk = self._sdk.get(port)
-        if sdk is not None:
-            return sdk, f"{sdk} according to the SDK"
-        if port in self._probed:
-            return HEALTH, "targeted by a health probe"
-        if self.known:
-            return BUSINESS, "not a health or metrics port"
-        return UNKNOWN, "no health port, probe or SDK listener is configured"
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class SampleMark:
-    """One fed sample: its sequence number and when it started and finished."""
-
-    seq: int
-    started: float
-    finished: float
-
-
-@dataclass(frozen=True, slots=True)
-class PortInterval:
-    """One period during which the service listened on ``port``."""
-
-    port: int
-    opened: SampleMark  # first sample that saw it listening
-    before_open: SampleMark | None  # the sample before (None: it was up from the start)
-    last_seen: SampleMark  # last sample that saw it listening
-    closed: SampleMark | None = None  # first sample where it was gone
-    closed_by_exit: bool = False  # gone because no target process was alive any more
-    sockets: frozenset[tuple[str, str]] = frozenset()  # (family, address)
-
-    @property
-    def up(self) -> bool:
-        return self.closed is None
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessExit:
-    id: ProcessId
-    reason: str  # exited | zombie | pid_reused
-    last_alive: SampleMark | None
-    noticed: SampleMark
-
-
-@dataclass(frozen=True, slots=True)
-class ListenerState:
-    """A port's latest period, as the contract metrics show it."""
-
-    port: int
-    role: str
-    up: bool
-    opened_at: float
-    last_seen_at: float
-    closed_at: float | None  # first sample where it was gone; None while listening
-    closed_by_exit: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,43 +86,6 @@ class MetricSample:
     name: str
     labels: tuple[tuple[str, str], ...]
     value: float
-
-
-@dataclass(frozen=True, slots=True)
-class TimelineView:
-    """An immutable copy of the timeline."""
-
-    roles: PortRoles
-    intervals: tuple[PortInterval, ...]  # in the order they opened
-    connections: tuple[tuple[str, str, int], ...]  # (port label, state, count)
-    target_up: bool
-    target_last_alive: SampleMark | None
-    target_exit: SampleMark | None  # first sample with no target alive; None while up
-    exits: tuple[ProcessExit, ...]
-    samples: int
-    last_sample: SampleMark | None
-    last_full: SampleMark | None
-    last_cost_seconds: float  # CPU time of the last sample, and of the last full one
-    last_full_cost_seconds: float
-    last_change_at: float | None  # a port opened or closed, a process appeared or went
-    capped_ports: int  # distinct ports ignored because of the port cap
-
-    def listeners(self) -> tuple[ListenerState, ...]:
-        latest: dict[int, PortInterval] = {}
-        for interval in self.intervals:
-            latest[interval.port] = interval
-        return tuple(
-            ListenerState(
-                port=interval.port,
-                role=self.roles.role(interval.port),
-                up=interval.up,
-                opened_at=interval.opened.started,
-                last_seen_at=interval.last_seen.started,
-                closed_at=None if interval.closed is None else interval.closed.started,
-                closed_by_exit=interval.closed_by_exit,
-            )
-            for port, interval in sorted(latest.items())
-        )
 
 
 class PortTimeline:
@@ -377,104 +269,6 @@ def contract_metrics(view: TimelineView) -> tuple[MetricSample, ...]:
     if view.target_exit is not None:
         found.append(MetricSample(TARGET_EXIT, (), view.target_exit.started))
     return tuple(found)
-
-
-# -- the order verdict ------------------------------------------------------------------------
-
-
-class OrderVerdict(NamedTuple):
-    violated: bool
-    explanation: str
-    at: float | None  # Unix seconds: the first sample that saw the health port gone
-
-
-def health_closed_before_business(
-    view: TimelineView,
-    *,
-    since: float | None = None,
-    min_gap_seconds: float = 0.0,
-    origin: float | None = None,
-) -> OrderVerdict:
-    """Did a health port certainly stop listening before a business port (or while business
-    ports kept listening until the process exited, or are listening still)?
-
-    Only closes seen at or after ``since`` (e.g. the last restart) are judged. Flagged only
-    when the health port was seen gone in a sample that finished at least
-    ``min_gap_seconds`` before a later sample still saw a business port listening that had
-    been listening together with it. Times in the explanation are offsets from ``origin``
-    (default: the last sample that saw the health port). Pure; never raises on odd data.
-    """
-    roles = view.roles
-    if not roles.known:
-        return OrderVerdict(
-            False,
-            "port roles are unknown: configure the health ports or a health probe URL, or "
-            "use the SDK, so that health and business ports can be told apart",
-            None,
-        )
-    health = sorted(
-        (
-            (item.closed, item)
-            for item in view.intervals
-            if item.closed is not None
-            and roles.role(item.port) == HEALTH
-            and (since is None or item.closed.finished >= since)
-        ),
-        key=lambda pair: pair[0],
-    )
-    business = [item for item in view.intervals if roles.role(item.port) == BUSINESS]
-    if not health:
-        return OrderVerdict(False, "no health port stopped listening", None)
-    if not business:
-        return OrderVerdict(False, "the target has no business port", None)
-    for gone, closed_health in health:
-        overlapping = [
-            item
-            for item in business
-            if item.opened.seq <= closed_health.last_seen.seq
-            and item.last_seen.seq > gone.seq
-            and item.last_seen.started - gone.finished >= min_gap_seconds
-        ]
-        if overlapping:
-            latest = max(overlapping, key=lambda item: (item.last_seen.seq, -item.port))
-            start = origin if origin is not None else closed_health.last_seen.started
-            text = _explain(view, closed_health, gone, latest, start)
-            return OrderVerdict(True, text, gone.started)
-    return OrderVerdict(
-        False,
-        "every health port stopped listening after the business ports, or within the same "
-        "sample (the order of closes seen in one sample is not known)",
-        None,
-    )
-
-
-def _explain(
-    view: TimelineView,
-    health: PortInterval,
-    gone: SampleMark,
-    business: PortInterval,
-    origin: float,
-) -> str:
-    def at(time: float) -> str:
-        return f"{time - origin:+.3f} s"
-
-    _, why = view.roles.explain(health.port)
-    text = (
-        f"health port {health.port} ({why}) stopped listening between "
-        f"{at(health.last_seen.started)} and {at(gone.finished)}, while business port "
-        f"{business.port} was still listening at {at(business.last_seen.started)}"
-    )
-    closed = business.closed
-    if closed is None:
-        text += " and is listening still"
-    elif business.closed_by_exit:
-        text += f" and stopped only when the target exited (gone by {at(closed.finished)})"
-    else:
-        text += f" and stopped only by {at(closed.finished)}"
-    return (
-        f"{text}: liveness probes fail while business traffic is still served, so the "
-        "orchestrator may kill the drain; close the health endpoint last"
-    )
 
 
 # -- sampling intervals -----------------------------------------------------------------------

@@ -8,7 +8,10 @@ succeeds on a 2xx or 3xx status (redirects are not followed; TLS is not verified
 kubelet does); gRPC succeeds on ``SERVING``.
 
 ``ProbeRunner.snapshot()`` is thread-safe and is what ``ProbeCollector`` exports
-(``drainwatch_probe_success{service,probe}`` and friends, see docs/metrics.md).
+(``drainwatch_probe_success{service,probe}`` and friends, see docs/metrics.md); the
+collector is in :mod:`drainwatch.collectors.probe_metrics`, the gRPC health messages in
+:mod:`drainwatch.collectors.grpc_health_wire`, and the liveness verdict built on the
+probes' transitions in :mod:`drainwatch.collectors.liveness_verdict`.
 """
 
 from __future__ import annotations
@@ -21,16 +24,23 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 from drainwatch import __version__
+from drainwatch.collectors.grpc_health_wire import (
+    CHECK_METHOD,
+    SERVING,
+    STATUS_NAMES,
+    decode_status,
+    encode_request,
+)
+from drainwatch.collectors.liveness_verdict import LivenessFinding, liveness_failed_during_drain
+from drainwatch.collectors.probe_metrics import ProbeCollector
 from drainwatch.collectors.probe_specs import GrpcProbeSpec, HttpProbeSpec, ProbeSpecError
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 logger = logging.getLogger("drainwatch.agent")
 
@@ -42,9 +52,6 @@ _DETAIL_LIMIT = 200
 # A check that overruns its own timeout (a wedged resolver, say) is cut this much later.
 _OVERRUN_SECONDS = 1.0
 _CLOSE_SECONDS = 2.0
-_GRPC_CHECK = "/grpc.health.v1.Health/Check"
-_GRPC_STATUSES: Final = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
-_SERVING = 1
 # A fresh subchannel per check: a shared one sits in reconnect backoff after the target
 # restarts and would keep failing the probe for up to two minutes.
 _GRPC_OPTIONS: Final = (("grpc.use_local_subchannel_pool", 1), ("grpc.enable_retries", 0))
@@ -168,8 +175,8 @@ class GrpcHealthProbe:
         grpc = self._grpc
         channel = grpc.aio.insecure_channel(self.address, options=list(_GRPC_OPTIONS))
         try:
-            call = channel.unary_unary(_GRPC_CHECK)
-            reply: bytes = await call(_encode_request(self.service), timeout=self.timeout)
+            call = channel.unary_unary(CHECK_METHOD)
+            reply: bytes = await call(encode_request(self.service), timeout=self.timeout)
         except grpc.aio.AioRpcError as error:
             code = error.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -177,67 +184,13 @@ class GrpcHealthProbe:
             return ProbeOutcome(False, _clip(f"{code.name}: {error.details()}"))
         finally:
             await channel.close()
-        status = _decode_status(reply)
+        status = decode_status(reply)
         if status is None:
             return ProbeOutcome(False, "malformed HealthCheckResponse")
-        return ProbeOutcome(status == _SERVING, _GRPC_STATUSES.get(status, f"status {status}"))
+        return ProbeOutcome(status == SERVING, STATUS_NAMES.get(status, f"status {status}"))
 
     async def close(self) -> None:
         """Nothing to close: every check has its own channel."""
-
-
-# grpc.health.v1 messages are one field each; encoding them here spares the agent a
-# protobuf dependency. HealthCheckRequest{string service = 1}, HealthCheckResponse{enum
-# status = 1}.
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _encode_request(service: str) -> bytes:
-    data = service.encode()
-    return b"\x0a" + _varint(len(data)) + data if data else b""
-
-
-def _read_varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if at >= len(data) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = data[at]
-        value |= (byte & 0x7F) << shift
-        at, shift = at + 1, shift + 7
-        if not byte & 0x80:
-            return value, at
-
-
-def _decode_status(data: bytes) -> int | None:
-    """The ``status`` field (0 when absent, as proto3 says); None when malformed."""
-    status, at = 0, 0
-    try:
-        while at < len(data):
-            key, at = _read_varint(data, at)
-            number, wire = key >> 3, key & 7
-            if wire == 0:
-                value, at = _read_varint(data, at)
-                if number == 1:
-                    status = value
-            elif wire == 2:
-                length, at = _read_varint(data, at)
-                at += length
-            elif wire in (1, 5):
-                at += 8 if wire == 1 else 4
-            else:
-                return None
-    except ValueError:
-        return None
-    return status if at == len(data) else None
 
 
 def probe_from_spec(
@@ -462,115 +415,3 @@ class ProbeRunner:
                 "up" if ok else "failing",
                 detail,
             )
-
-
-class ProbeCollector(Collector):
-    """Exports the probe families for one ``service``; a scrape never raises."""
-
-    def __init__(self, runner: ProbeRunner, service: str | Callable[[], str]) -> None:
-        self._runner = runner
-        self._service = service
-
-    def collect(self) -> Iterator[Metric]:
-        service = self._service() if callable(self._service) else self._service
-        labels = ["service", "probe"]
-        success = GaugeMetricFamily(
-            "drainwatch_probe_success",
-            "Last probe result from the agent: 1 up, 0 failing (absent before the first check).",
-            labels=labels,
-        )
-        changed = GaugeMetricFamily(
-            "drainwatch_probe_last_change_timestamp_seconds",
-            "When the probe's result last changed (the first result counts as a change).",
-            labels=labels,
-        )
-        failing = GaugeMetricFamily(
-            "drainwatch_probe_consecutive_failures",
-            "Failed checks in a row (0 when the last check succeeded).",
-            labels=labels,
-        )
-        duration = GaugeMetricFamily(
-            "drainwatch_probe_duration_seconds", "How long the last check took.", labels=labels
-        )
-        checks = CounterMetricFamily(
-            "drainwatch_probe_checks",
-            "Checks made, by result (success or failure).",
-            labels=[*labels, "result"],
-        )
-        flips = CounterMetricFamily(
-            "drainwatch_probe_transitions",
-            "Times the probe's result changed, the first result included.",
-            labels=labels,
-        )
-        for status in self._runner.snapshot():
-            key = [service, status.name]
-            checks.add_metric([*key, "success"], status.checks - status.failures)
-            checks.add_metric([*key, "failure"], status.failures)
-            flips.add_metric(key, status.transitions_total)
-            if status.ok is None:
-                continue
-            success.add_metric(key, 1.0 if status.ok else 0.0)
-            failing.add_metric(key, status.consecutive_failures)
-            if status.last_change is not None:
-                changed.add_metric(key, status.last_change)
-            if status.last_duration is not None:
-                duration.add_metric(key, status.last_duration)
-        yield from (success, changed, failing, duration, checks, flips)
-
-
-# -- liveness_failed_during_drain from the outside ----------------------------------------------
-
-
-class LivenessFinding(NamedTuple):
-    violated: bool
-    explanation: str
-    at: float | None  # the moment liveness was failing with requests in flight
-
-
-def liveness_failed_during_drain(
-    transitions: Sequence[Transition],
-    drain_window: tuple[float, float | None],
-    inflight_timeline: Sequence[tuple[float, int]],
-) -> LivenessFinding:
-    """Whether the ``liveness`` probe was failing during the drain while requests were in
-    flight. ``drain_window`` is (start, end) in Unix seconds, end None while draining;
-    ``inflight_timeline`` is (time, requests in flight) samples, each holding until the
-    next. A failure exactly at the end of the drain does not count (it had reached zero)."""
-    start, end = drain_window
-    stop = math.inf if end is None else end
-    samples = sorted(inflight_timeline)
-
-    def inflight(at: float) -> int:
-        count = 0
-        for when, value in samples:
-            if when > at:
-                break
-            count = value
-        return count
-
-    failing_seen = False
-    ordered = sorted(transitions, key=lambda item: item.at)
-    for index, item in enumerate(ordered):
-        if item.ok:
-            continue
-        recovered = next((t.at for t in ordered[index + 1 :] if t.ok), math.inf)
-        low, high = max(item.at, start), min(recovered, stop)
-        if low >= high:
-            continue
-        failing_seen = True
-        moments = [low, *(when for when, _ in samples if low < when < high)]
-        for moment in moments:
-            count = inflight(moment)
-            if count > 0:
-                return LivenessFinding(
-                    True,
-                    f"liveness failed ({item.detail}) {moment - start:+.3f} s into the drain "
-                    f"while {count} request(s) were in flight: the kubelet restarts or kills a "
-                    "container whose liveness fails, cutting the drain",
-                    moment,
-                )
-    if failing_seen:
-        return LivenessFinding(
-            False, "liveness failed during the drain, but only when nothing was in flight", None
-        )
-    return LivenessFinding(False, "liveness did not fail during the drain", None)

@@ -1,18 +1,17 @@
 """The py-spy sampler: dumps one target on an interval under rate caps, and tracks stuck threads.
 
-:class:`PySpySampler` classifies every thread (:mod:`drainwatch.collectors.thread_waits`),
+:class:`PySpySampler` classifies every thread (:mod:`drainwatch.collectors.kernel_waits`),
 tracks how long each has been stuck in the same wait, keeps "last words", and hands the agent
-a consistent :class:`SamplerSnapshot`. It lives apart from :mod:`drainwatch.collectors.pyspy`
-(the runner and the parser of one dump) to keep each module a readable size; it uses the
-runner only through the :class:`DumpRunner` protocol.
+a consistent :class:`SamplerSnapshot` (:mod:`drainwatch.collectors.sampler_snapshot`). It
+lives apart from :mod:`drainwatch.collectors.pyspy` (the runner and the parser of one dump)
+to keep each module a readable size; it uses the runner only through the :class:`DumpRunner`
+protocol.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import platform
 import threading
 import time
 from collections import Counter, deque
@@ -20,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from drainwatch.collectors.kernel_waits import KernelWaitReader, ProcKernelWaits, classify_thread
 from drainwatch.collectors.pyspy import (
     BINARY_MISSING,
     DENIED,
@@ -32,16 +32,25 @@ from drainwatch.collectors.pyspy import (
     PySpyFrame,
     PySpyThread,
 )
-from drainwatch.collectors.thread_waits import (
-    FD_CALLS,
-    NOT_WAITING,
-    KernelWait,
-    Wait,
-    classify,
-    classify_frames,
-    fd_kind,
-    parse_syscall,
-)
+from drainwatch.collectors.sampler_snapshot import LastWords, SamplerSnapshot, ThreadWait
+from drainwatch.collectors.thread_waits import Wait
+
+# The kernel-wait reader and the snapshot types are how a sampler is built and read, so
+# callers get them from here along with the sampler.
+__all__ = [
+    "DURATION_BUCKETS",
+    "SKIPPED_BUSY",
+    "SKIPPED_RATE",
+    "DumpRunner",
+    "KernelWaitReader",
+    "LastWords",
+    "ProcKernelWaits",
+    "PySpySampler",
+    "SamplerConfig",
+    "SamplerSnapshot",
+    "ThreadWait",
+    "classify_thread",
+]
 
 # -- sampler --------------------------------------------------------------------------------------
 
@@ -61,45 +70,6 @@ class DumpRunner(Protocol):
     def dump(
         self, pid: int, *, nonblocking: bool = True, locals: bool = False, timeout: float = 5.0
     ) -> DumpResult: ...
-
-
-class KernelWaitReader(Protocol):
-    def read(self, pid: int, tid: int) -> KernelWait | None: ...
-
-
-class ProcKernelWaits:
-    """The system call a thread sits in, from ``{proc_root}/PID/task/TID/syscall``."""
-
-    def __init__(self, proc_root: str = "/proc", machine: str | None = None) -> None:
-        self.proc_root = proc_root
-        self.machine = machine or platform.machine()
-
-    def read(self, pid: int, tid: int) -> KernelWait | None:
-        try:
-            with open(f"{self.proc_root}/{pid}/task/{tid}/syscall", encoding="ascii") as handle:
-                text = handle.read(512)
-        except (OSError, ValueError):
-            return None
-        call, argument = parse_syscall(text, self.machine)
-        kind = None
-        if call in FD_CALLS and argument is not None and 0 <= argument < 1 << 24:
-            try:
-                kind = fd_kind(os.readlink(f"{self.proc_root}/{pid}/fd/{argument}"))
-            except OSError:
-                pass
-        return KernelWait(call, kind)
-
-
-def classify_thread(thread: PySpyThread, pid: int, kernel_waits: KernelWaitReader | None) -> Wait:
-    """The wait reason of one dumped thread; reads its kernel state only when frames say nothing."""
-    wait = classify_frames(thread.frames)
-    if wait is not None:
-        return wait
-    tid = thread.os_thread_id
-    kernel = kernel_waits.read(pid, tid) if kernel_waits is not None and tid is not None else None
-    # Without an OS thread id py-spy cannot tell idle from active (Python 3.10 and older).
-    active = thread.active if tid is not None else None
-    return classify(thread.frames, active=active, kernel=kernel)
 
 
 def _positive(name: str, value: float) -> None:
@@ -132,89 +102,6 @@ class SamplerConfig:
                 f'"pyspy_max_per_minute" must be a whole number from 1 to 600: '
                 f"{self.max_per_minute!r}"
             )
-
-
-@dataclass(frozen=True, slots=True)
-class ThreadWait:
-    """One thread as of the last successful sample. Times: wall-clock Unix seconds."""
-
-    label: str  # thread name, made unique within the dump
-    name: str
-    os_thread_id: int | None
-    thread_id: int | None
-    reason: str  # a thread_waits reason
-    evidence: str  # frames | kernel | activity | none
-    active: bool | None
-    owns_gil: bool | None
-    since: float  # first sample that saw this thread in this wait at this place
-    blocked_seconds: float  # sampled_at - since: a lower bound, resolution = the interval
-    samples: int  # consecutive samples in this wait
-    site: str  # the frame that decided, as "Queue.get (queue.py:171)"
-    frames: tuple[PySpyFrame, ...]
-
-    @property
-    def waiting(self) -> bool:
-        return self.reason not in NOT_WAITING
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "thread": self.label,
-            "os_thread_id": self.os_thread_id,
-            "reason": self.reason,
-            "evidence": self.evidence,
-            "active": self.active,
-            "blocked_seconds": round(self.blocked_seconds, 3),
-            "since": self.since,
-            "site": self.site,
-            "stack": [frame.describe() for frame in self.frames],
-            **(
-                {"locals": [[(v.name, v.repr) for v in f.locals or ()] for f in self.frames]}
-                if any(f.locals for f in self.frames)
-                else {}
-            ),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class LastWords:
-    """The stacks kept for the report; ``stale`` when they come from an earlier sample."""
-
-    reason: str
-    pid: int
-    captured_at: float
-    stale: bool
-    note: str
-    threads: tuple[ThreadWait, ...]
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "reason": self.reason,
-            "pid": self.pid,
-            "captured_at": self.captured_at,
-            "stale": self.stale,
-            "note": self.note,
-            "threads": [thread.to_dict() for thread in self.threads],
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class SamplerSnapshot:
-    """A consistent copy of the sampler's state for one scrape or one report."""
-
-    pid: int | None
-    draining: bool
-    samples: dict[str, int]  # by result, including busy and rate_limited skips
-    last_result: str | None
-    last_reason: str
-    last_sample_at: float | None  # wall clock of the last successful sample
-    last_duration_seconds: float | None
-    duration_sum: float
-    duration_count: int
-    duration_buckets: tuple[tuple[float, int], ...]  # (le, cumulative count); +Inf = count
-    unavailable: dict[str, str]  # reason -> message; empty while sampling works
-    consecutive_failures: int
-    threads: tuple[ThreadWait, ...]
-    last_words: tuple[LastWords, ...]
 
 
 @dataclass(slots=True)

@@ -10,21 +10,53 @@ time it was last seen alive.
 
 Every OS dependency is injected (``psutil.pids``, ``psutil.Process``, the clock), so tests
 hand in fakes built from recorded psutil output. ``discover()`` never raises.
+
+``TargetSelector`` and the parsers of its settings are in
+:mod:`drainwatch.collectors.target_selector`, the data a discovery returns in
+:mod:`drainwatch.collectors.target_types`, the psutil protocols in
+:mod:`drainwatch.collectors.psutil_types`.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final
 
 import psutil
+
+from .psutil_types import ProcessFactory, ProcessHandle
+from .target_selector import TargetSelector, parse_target_cmdline, parse_target_pid
+from .target_types import GoneProcess, ProcessId, Rejected, SdkProcess, TargetProcess, Targets
+
+# Discovery is configured with the selector and its parsers and hands out the target
+# types, so callers get all of them from here.
+__all__ = [
+    "BY_CMDLINE",
+    "BY_PARENT",
+    "BY_PID",
+    "BY_SDK",
+    "EXITED",
+    "PID_REUSED",
+    "SDK_START_TOLERANCE_SECONDS",
+    "UNMATCHED",
+    "GoneProcess",
+    "ProcessFactory",
+    "ProcessHandle",
+    "ProcessId",
+    "Rejected",
+    "SdkProcess",
+    "TargetDiscovery",
+    "TargetProcess",
+    "TargetSelector",
+    "Targets",
+    "parse_target_cmdline",
+    "parse_target_pid",
+]
 
 # found_by values
 BY_PID: Final = "pid"
@@ -44,174 +76,6 @@ UNMATCHED: Final = "no_longer_matched"
 SDK_START_TOLERANCE_SECONDS: Final = 0.05
 _CMDLINE_SHOWN: Final = 256
 _GONE_KEPT: Final = 32
-_MAX_PID: Final = 4_194_304  # the kernel's upper bound for pid_max
-
-
-class CpuTimes(Protocol):
-    @property
-    def user(self) -> float: ...
-    @property
-    def system(self) -> float: ...
-
-
-class MemoryInfo(Protocol):
-    @property
-    def rss(self) -> int: ...
-
-
-class Connection(Protocol):
-    """One entry of ``psutil.Process.net_connections()``."""
-
-    @property
-    def family(self) -> int: ...
-    @property
-    def type(self) -> int: ...
-    @property
-    def laddr(self) -> tuple[str, int] | tuple[()]: ...
-    @property
-    def status(self) -> str: ...
-
-
-class ProcessHandle(Protocol):
-    """The part of ``psutil.Process`` the collectors use (a fake implements the same)."""
-
-    @property
-    def pid(self) -> int: ...
-    def oneshot(self) -> AbstractContextManager[None]: ...
-    def create_time(self) -> float: ...
-    def ppid(self) -> int: ...
-    def cmdline(self) -> list[str]: ...
-    def status(self) -> str: ...
-    def cpu_times(self) -> CpuTimes: ...
-    def memory_info(self) -> MemoryInfo: ...
-    def num_threads(self) -> int: ...
-    def num_fds(self) -> int: ...
-    def net_connections(self, kind: str = ...) -> Sequence[Connection]: ...
-
-
-ProcessFactory = Callable[[int], ProcessHandle]
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class ProcessId:
-    """A process, unambiguously: its PID and its start time (Unix seconds, from psutil)."""
-
-    pid: int
-    create_time: float
-
-    def __str__(self) -> str:
-        return f"PID {self.pid} (started {self.create_time:.2f})"
-
-
-@dataclass(frozen=True, slots=True)
-class SdkProcess:
-    """A process the SDK reported, as the agent knows it (``Instance`` in agent/state.py)."""
-
-    pid: int
-    instance: str
-    first_seen: float  # agent's clock, Unix seconds
-    started: float | None = None  # the SDK's own "started", Unix seconds
-
-
-@dataclass(frozen=True, slots=True)
-class TargetSelector:
-    """How the target is chosen. Several ways may be combined; their matches are united."""
-
-    pid: int | None = None
-    cmdline: re.Pattern[str] | None = None
-    from_sdk: bool = True
-    include_children: bool = True
-
-    @property
-    def configured(self) -> bool:
-        return self.pid is not None or self.cmdline is not None or self.from_sdk
-
-
-@dataclass(frozen=True, slots=True)
-class TargetProcess:
-    id: ProcessId
-    ppid: int
-    found_by: str  # pid | cmdline | sdk | child
-    root: ProcessId  # the topmost process of the service this one belongs to
-    cmdline: str  # joined, cut to 256 characters; "" when unreadable
-    first_seen: float
-
-
-@dataclass(frozen=True, slots=True)
-class GoneProcess:
-    id: ProcessId
-    found_by: str
-    first_seen: float
-    last_seen_alive: float  # the last discovery that found it alive
-    noticed: float  # the first discovery that did not
-    reason: str  # exited | pid_reused | no_longer_matched
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """A PID that was offered (by the SDK or ``--target-pid``) and refused, and why."""
-
-    pid: int
-    source: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Targets:
-    """The result of one discovery: immutable, safe to hand to other threads."""
-
-    at: float
-    processes: tuple[TargetProcess, ...]
-    gone: tuple[GoneProcess, ...] = ()
-    rejected: tuple[Rejected, ...] = ()
-    restarts: int = 0
-    problem: str | None = None
-    unreadable: int = 0  # processes whose details could not be read during the scan
-
-    @property
-    def up(self) -> bool:
-        return bool(self.processes)
-
-    @property
-    def ids(self) -> tuple[ProcessId, ...]:
-        return tuple(process.id for process in self.processes)
-
-    @property
-    def roots(self) -> tuple[ProcessId, ...]:
-        return tuple(sorted({process.root for process in self.processes}))
-
-
-# -- settings ---------------------------------------------------------------------------------
-
-
-def parse_target_pid(value: object, where: str) -> int:
-    """``value`` as a PID; raises ``ValueError`` naming ``where`` (a flag or YAML path)."""
-    text = value.strip() if isinstance(value, str) else value
-    if isinstance(text, str) and text.isdigit():
-        text = int(text)
-    if isinstance(text, int) and not isinstance(text, bool) and 0 < text <= _MAX_PID:
-        return text
-    raise ValueError(
-        f"{where} must be a process id from 1 to {_MAX_PID}: {value!r}; "
-        "give the PID of the service's main process as the agent sees it "
-        "(with shareProcessNamespace: true), or use --target-cmdline instead"
-    )
-
-
-def parse_target_cmdline(value: object, where: str) -> re.Pattern[str]:
-    """``value`` compiled as a regular expression searched in the joined command line."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(
-            f"{where} must be a non-empty regular expression: {value!r}; "
-            "example: 'gunicorn .*orders:app'"
-        )
-    try:
-        return re.compile(value)
-    except re.error as error:
-        raise ValueError(
-            f"{where} must be a valid regular expression: {value!r} ({error}); "
-            "quote it in the shell and escape special characters such as '.' or '('"
-        ) from error
 
 
 # -- discovery --------------------------------------------------------------------------------

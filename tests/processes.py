@@ -77,6 +77,11 @@ class AgentProcess:
         command = [sys.executable, "-m", "drainwatch", "agent", "--listen", "127.0.0.1:0"]
         if not any(arg.startswith("--ingest") for arg in args):
             command += ["--ingest", self.endpoint]
+        # A stopping agent waits for its target and for a last scrape; tests that are not
+        # about that stop it at once (the tests that are pass their own values).
+        for flag in ("--target-exit-wait", "--final-metrics-seconds"):
+            if flag not in args:
+                command += [flag, "0"]
         self.process = subprocess.Popen(
             [*command, *args],
             stdout=self._log,
@@ -196,7 +201,12 @@ def started_target(
     """Start a target script in the background (stdout piped); killed on exit."""
     command, env = _target(source, endpoint, service, extra_env)
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         yield process
@@ -204,6 +214,6 @@ def started_target(
         if process.poll() is None:
             process.kill()
         process.wait(10)
-        for stream in (process.stdout, process.stderr):
+        for stream in (process.stdin, process.stdout, process.stderr):
             if stream is not None:
                 stream.close()

@@ -12,30 +12,30 @@ from contextlib import contextmanager
 import psutil
 import pytest
 from drainwatch.collectors.port_timeline import (
+    OUTBOUND,
+    PortTimeline,
+    SamplingPlan,
+    contract_metrics,
+)
+from drainwatch.collectors.process import ProcessCollector, ProcessSample, ProcessStats
+from drainwatch.collectors.shutdown_order import health_closed_before_business
+from drainwatch.collectors.sock_diag import SockDiagSockets
+from drainwatch.collectors.target_types import ProcessId
+from drainwatch.collectors.tcp_sockets import (
+    ConnectionCount,
+    ListeningSocket,
+    PsutilSockets,
+    SocketSource,
+)
+from drainwatch.collectors.timeline_view import (
     BUSINESS,
     HEALTH,
     METRICS,
-    OUTBOUND,
     UNKNOWN,
     PortRoles,
-    PortTimeline,
-    SamplingPlan,
     TimelineView,
-    contract_metrics,
-    health_closed_before_business,
     probe_port,
 )
-from drainwatch.collectors.process import (
-    ConnectionCount,
-    ListeningSocket,
-    ProcessCollector,
-    ProcessSample,
-    ProcessStats,
-    PsutilSockets,
-    SockDiagSockets,
-    SocketSource,
-)
-from drainwatch.collectors.targets import ProcessId
 
 from tests.collectors.recorded.psutil_fakes import FakeClock, FakeHost, RecordedProcess, load
 

@@ -15,6 +15,8 @@ import grpc  # type: ignore[import-untyped, unused-ignore]
 import grpc.aio  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from aiohttp import web
+from drainwatch.collectors.liveness_verdict import liveness_failed_during_drain
+from drainwatch.collectors.probe_metrics import ProbeCollector
 from drainwatch.collectors.probe_specs import (
     GrpcProbeSpec,
     HttpProbeSpec,
@@ -25,12 +27,10 @@ from drainwatch.collectors.probe_specs import (
 from drainwatch.collectors.probes import (
     GrpcHealthProbe,
     HttpProbe,
-    ProbeCollector,
     ProbeOutcome,
     ProbeRunner,
     ProbeStatus,
     Transition,
-    liveness_failed_during_drain,
     probe_from_spec,
 )
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc

@@ -14,19 +14,22 @@ from typing import Any
 
 import psutil
 import pytest
-from drainwatch.collectors.process import (
-    ConnectionCount,
-    ListeningSocket,
-    ProcessCollector,
+from drainwatch.collectors.process import ProcessCollector
+from drainwatch.collectors.psutil_types import ProcessHandle
+from drainwatch.collectors.sock_diag import (
     ProcFdTable,
-    PsutilSockets,
     SockDiagSockets,
-    SocketReading,
     parse_sock_diag,
     sock_diag_dump,
+)
+from drainwatch.collectors.target_types import ProcessId
+from drainwatch.collectors.tcp_sockets import (
+    ConnectionCount,
+    ListeningSocket,
+    PsutilSockets,
+    SocketReading,
     summarize,
 )
-from drainwatch.collectors.targets import ProcessHandle, ProcessId
 
 from tests.collectors.recorded.psutil_fakes import (
     FakeClock,

@@ -17,7 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from drainwatch.collectors import pyspy, pyspy_sampler
+from drainwatch.collectors import pyspy
+from drainwatch.collectors.kernel_waits import ProcKernelWaits
 from drainwatch.collectors.preflight import diagnose_denial
 from drainwatch.collectors.pyspy import (
     DENIED,
@@ -31,11 +32,8 @@ from drainwatch.collectors.pyspy import (
     PySpyThread,
     parse_dump,
 )
-from drainwatch.collectors.pyspy_sampler import (
-    ProcKernelWaits,
-    PySpySampler,
-    SamplerConfig,
-)
+from drainwatch.collectors.pyspy_sampler import PySpySampler, SamplerConfig
+from drainwatch.collectors.sampler_snapshot import LastWords, ThreadWait
 
 from tests.collectors.test_thread_waits import RECORDED, running_script
 
@@ -373,7 +371,7 @@ def ok(threads: Sequence[PySpyThread] | None = None, duration: float = 0.07) -> 
     return DumpResult(OK, "", "", 1, threads=parsed, duration_seconds=duration)
 
 
-def _thread(sampler: PySpySampler, name: str) -> pyspy_sampler.ThreadWait:
+def _thread(sampler: PySpySampler, name: str) -> ThreadWait:
     return next(t for t in sampler.snapshot().threads if t.name == name)
 
 
@@ -457,7 +455,7 @@ def test_never_two_dumps_in_flight() -> None:
     assert runner.started.wait(5)
     assert sampler.sample_once() is None
     assert sampler.snapshot().samples["busy"] == 1
-    words: list[pyspy_sampler.LastWords | None] = []
+    words: list[LastWords | None] = []
     catcher = threading.Thread(target=lambda: words.append(sampler.capture_last_words("drain")))
     catcher.start()
     time.sleep(0.1)

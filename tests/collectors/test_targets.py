@@ -14,14 +14,13 @@ import psutil
 import pytest
 from drainwatch.collectors.port_timeline import PortTimeline
 from drainwatch.collectors.process import ProcessCollector
-from drainwatch.collectors.targets import (
-    SdkProcess,
-    TargetDiscovery,
-    Targets,
+from drainwatch.collectors.target_selector import (
     TargetSelector,
     parse_target_cmdline,
     parse_target_pid,
 )
+from drainwatch.collectors.target_types import SdkProcess, Targets
+from drainwatch.collectors.targets import TargetDiscovery
 
 from tests.collectors.recorded.psutil_fakes import (
     FakeClock,

@@ -23,13 +23,13 @@ from typing import Any
 
 import pytest
 from drainwatch.collectors import thread_waits
+from drainwatch.collectors.kernel_waits import ProcKernelWaits, classify_thread
 from drainwatch.collectors.pyspy import (
     PySpyFrame,
     PySpyRunner,
     PySpyThread,
     parse_dump,
 )
-from drainwatch.collectors.pyspy_sampler import ProcKernelWaits, classify_thread
 from drainwatch.collectors.thread_waits import KernelWait, classify, parse_syscall
 
 RECORDED = Path(__file__).parent / "recorded"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import psutil
-from drainwatch.collectors.process import DiagSocket, parse_sock_diag
+from drainwatch.collectors.sock_diag import DiagSocket, parse_sock_diag
 
 HERE = Path(__file__).parent
 _ERRORS: dict[str, type[psutil.Error]] = {

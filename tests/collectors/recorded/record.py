@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from drainwatch.collectors.process import parse_sock_diag, sock_diag_request
+from drainwatch.collectors.sock_diag import parse_sock_diag, sock_diag_request
 
 HERE = Path(__file__).parent
 CALLS = (
