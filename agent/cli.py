@@ -351,6 +351,7 @@ def _agent_command(args: argparse.Namespace) -> int:
 
         from .app import Agent
         from .config import ConfigError
+        from .state_dir import StateDirError
     except ImportError as error:
         print(
             f"drainwatch: the agent needs its extras: pip install 'drainwatch[agent]' ({error})",
@@ -371,7 +372,7 @@ def _agent_command(args: argparse.Namespace) -> int:
             code = asyncio.run(run_demo(config, args.example, args.once))
         else:
             asyncio.run(_serve(Agent(config), asyncio.Event()))
-    except IngestError as error:
+    except (IngestError, StateDirError) as error:
         print(f"drainwatch {args.command}: {error}", file=sys.stderr)
         code = EXIT_USAGE
     except KeyboardInterrupt:
