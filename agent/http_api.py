@@ -40,8 +40,13 @@ async def metrics(request: web.Request) -> web.Response:
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     loop = asyncio.get_running_loop()
     body = await loop.run_in_executor(None, encoder, registry)
+    response = web.Response(body=body, headers={"Content-Type": content_type})
+    # Counted once the whole page was handed to the scraper, not when it was rendered: a
+    # stopping agent leaves after the first scrape that really got its final values.
+    await response.prepare(request)
+    await response.write_eof()
     request.app[SCRAPED_KEY]()
-    return web.Response(body=body, headers={"Content-Type": content_type})
+    return response
 
 
 async def healthz(request: web.Request) -> web.Response:

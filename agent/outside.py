@@ -265,7 +265,10 @@ class OutsideView:
             self._samples += 1
             self._sample_cpu += sample.cost_seconds
         if any(not process.alive for process in sample.processes):
-            next_scan = min(next_scan, self._clock())
+            # Notice the exit now, in the same round: the report completes with it, and a
+            # stopping agent waits for exactly that.
+            self.discover(self.copy_sdk())
+            next_scan = self._clock() + (_RESCAN_SECONDS if self._targets_up() else _SEARCH_SECONDS)
         view = self.timeline.view()
         now = self._clock()
         fast = self.plan.draining(view, now, hint)
@@ -467,13 +470,19 @@ class OutsideView:
                 sample_cpu_seconds=self._sample_cpu,
             )
 
+    def _targets_up(self) -> bool:
+        with self._lock:
+            return self._targets is not None and self._targets.up
+
     def target_alive(self) -> bool:
-        """Some target process is alive as of the latest sample (or discovery)."""
+        """Some target process is alive as of the latest sample (or discovery), or its exit
+        has not been taken into its lifetime's record yet."""
         with self._lock:
             sample, targets = self._last_sample, self._targets
+            unnoticed = any(g.gone_noticed is None for g in self._generations)
         if sample is not None:
-            return bool(sample.alive)
-        return targets is not None and targets.up
+            return bool(sample.alive) or unnoticed
+        return (targets is not None and targets.up) or unnoticed
 
 
 def _sdk_shutdown_start(shutdown: dict[str, object], now: float) -> float:
