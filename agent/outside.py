@@ -258,10 +258,14 @@ class OutsideView:
         _, full = self.plan.next_sample(self.timeline.view(), self._clock(), hint)
         sample = self.collector.sample(ids, full=full)
         self.timeline.feed(sample)
+        alive = {process.id for process in sample.alive}
         with self._lock:
             self._last_sample = sample
             if sample.full:
                 self._last_full = sample
+            for generation in self._generations:
+                if generation.root in alive:
+                    generation.last_alive = sample.started
             self._samples += 1
             self._sample_cpu += sample.cost_seconds
         if any(not process.alive for process in sample.processes):
@@ -324,14 +328,16 @@ class OutsideView:
                         generation.root,
                         generation.gone_reason,
                     )
-                    if LAST_WORDS_GONE not in generation.words_taken:
+                    sampled = self._sampled_pid in generation.pids
+                    if sampled and LAST_WORDS_GONE not in generation.words_taken:
                         generation.words_taken.add(LAST_WORDS_GONE)
                         words.append(LAST_WORDS_GONE)
             pid = _sampled_pid(targets)
             changed = pid != self._sampled_pid
             self._sampled_pid = pid
-        for reason in words:
-            self._take_last_words(reason)
+        if words and self.sampler is not None:
+            # No new dump: the PID may already belong to an unrelated process.
+            self.sampler.target_gone(LAST_WORDS_GONE)
         if changed and self.sampler is not None and pid is not None:
             self._check_sampling(pid)
             self.sampler.set_target(pid)

@@ -34,6 +34,7 @@ from drainwatch.collectors.probes import (
     Transition,
     liveness_failed_during_drain,
 )
+from drainwatch.collectors.pyspy_sampler import SamplerSnapshot
 
 from .drain_report import EXIT, LISTENER, STEP, DrainReport, WaterfallStep
 from .outside import Generation, OutsideSnapshot, OutsideView
@@ -352,16 +353,24 @@ def _section(snap: OutsideSnapshot, generation: Generation, origin: float | None
             "last_result": sampler.last_result,
             "last_sample_at": sampler.last_sample_at,
         },
-        "blocked_threads": []
-        if sampler is None or sampler.pid not in generation.pids
-        else [thread.to_dict() for thread in sampler.threads if thread.waiting][
-            :_MAX_THREADS_SHOWN
-        ],
+        "blocked_threads": _blocked_threads(sampler, generation),
         "last_words": []
         if sampler is None
         else [words.to_dict() for words in sampler.last_words if words.pid in generation.pids],
     }
     return section
+
+
+def _blocked_threads(sampler: SamplerSnapshot | None, generation: Generation) -> list[Any]:
+    """The waiting threads of the latest dump of this lifetime: the live sample while it
+    runs, the last words once it is gone."""
+    if sampler is None:
+        return []
+    threads = sampler.threads if sampler.pid in generation.pids else ()
+    if not threads:
+        kept = [words for words in sampler.last_words if words.pid in generation.pids]
+        threads = max(kept, key=lambda words: words.captured_at).threads if kept else ()
+    return [thread.to_dict() for thread in threads if thread.waiting][:_MAX_THREADS_SHOWN]
 
 
 def _probe_json(status: ProbeStatus, origin: float | None) -> Mapping[str, Any]:

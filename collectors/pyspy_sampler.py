@@ -279,6 +279,23 @@ class PySpySampler:
                 self._keep_words_locked(words)
             return words
 
+    def target_gone(self, reason: str) -> LastWords | None:
+        """The agent saw the target exit: keep the last successful sample as last words for
+        ``reason`` without dumping again (the PID may already belong to another process)
+        and stop sampling that PID until ``set_target``."""
+        with self._cond:
+            pid = self._pid
+            words = None
+            if pid is not None and self._threads and self._last_ok_at is not None:
+                note = "the target had exited; these stacks are from the last successful sample"
+                words = LastWords(reason, pid, self._last_ok_at, True, note, self._threads)
+                self._keep_words_locked(words)
+            self._gone = True
+            self._tracks.clear()
+            self._threads = ()
+            self._cond.notify_all()
+            return words
+
     def _claim_locked(self, now: float) -> None:
         self._in_flight = True
         self._starts.append(now)
