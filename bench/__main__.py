@@ -22,6 +22,7 @@ from .channels import awaited_handoff, nowait_pair
 from .close_latency import close_latency
 from .figure import Figure
 from .grpc_latency import grpc_unary
+from .pyspy_overhead import pyspy_overhead
 from .report import console_table, performance_doc, this_machine, write_doc
 from .threads import thread_handoff
 
@@ -45,6 +46,7 @@ class Plan:
     churn_rounds: int
     grpc_calls: int
     grpc_rounds: int
+    pyspy_rounds: int
 
 
 QUICK = Plan(
@@ -59,6 +61,7 @@ QUICK = Plan(
     churn_rounds=3,
     grpc_calls=200,
     grpc_rounds=5,
+    pyspy_rounds=1,
 )
 FULL = Plan(
     pairs=50_000,
@@ -72,6 +75,7 @@ FULL = Plan(
     churn_rounds=15,
     grpc_calls=2_000,
     grpc_rounds=21,
+    pyspy_rounds=30,
 )
 
 
@@ -102,6 +106,7 @@ def _benchmarks(plan: Plan) -> list[tuple[str, Callable[[], Figure | list[Figure
         ("agent overhead", lambda: agent_overhead(plan.churn_cycles, plan.churn_rounds)),
         ("gRPC unary (sync)", lambda: grpc_unary("sync", plan.grpc_calls, plan.grpc_rounds)),
         ("gRPC unary (aio)", lambda: grpc_unary("aio", plan.grpc_calls, plan.grpc_rounds)),
+        ("py-spy overhead", lambda: pyspy_overhead(plan.pyspy_rounds)),
     ]
 
 

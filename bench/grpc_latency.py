@@ -1,13 +1,14 @@
-"""Figures 6 to 9: a loopback unary gRPC call through drainwatch's server interceptor.
+"""Figures 6 to 9: a loopback unary gRPC call counted by drainwatch's in-flight tracking.
 
 For each server kind (``grpc.server`` with a thread pool and a sync client, ``grpc.aio``
 with an aio client) a server process (``bench.grpc_target``) serves one raw-bytes method on
-three ports: without an interceptor, with drainwatch's, and with OpenTelemetry's. The bench
-process is the client. A round makes ``calls`` calls to each server, interleaved call by
-call (A B C, C B A, A B C, ... with the first server rotating from round to round) and
-timed one by one; each server's figure for the round is its mean call latency. A noisy
-neighbour's slice of CPU then lands on all three servers alike, where timing a block of
-calls per server would charge it to whichever server was running.
+three ports: a plain server, one built with drainwatch's ``server()``/``aio_server()``, and
+a plain one with OpenTelemetry's interceptor. The bench process is the client. A round
+makes ``calls`` calls to each server, interleaved call by call (A B C, C B A, A B C, ...
+with the first server rotating from round to round) and timed one by one; each server's
+figure for the round is its mean call latency. A noisy neighbour's slice of CPU then lands
+on all three servers alike, where timing a block of calls per server would charge it to
+whichever server was running.
 
 Two figures per kind: the round's drainwatch/baseline ratio (median over rounds, budget
 ``BUDGET_RATIO``), and drainwatch's added time per call against OpenTelemetry's (medians
@@ -205,7 +206,7 @@ def _measure(kind: str, calls: int, rounds: int) -> list[list[float]]:
     if (rpcs, spans) != (sent, sent):
         raise RuntimeError(
             f"{sent} calls per server, but drainwatch counted {rpcs} RPCs and OpenTelemetry "
-            f"ended {spans} spans: an interceptor did not see every call"
+            f"ended {spans} spans: one of them did not see every call"
         )
     return samples
 

@@ -1,11 +1,13 @@
 """The server process for the gRPC figures: ``python -m bench.grpc_target sync|aio``.
 
 Serves the same raw-bytes unary method on three loopback ports at once, one server per
-variant: no interceptor, drainwatch's, and OpenTelemetry's with a real ``TracerProvider``.
-Prints ``ready <port> <port> <port>`` (in ``VARIANTS`` order) once all three serve. When
-stdin closes it stops them and prints ``counted <rpcs> <spans>``: the RPCs drainwatch
-counted as ended and the spans OpenTelemetry ended, so the bench can check that both
-interceptors did their work on every call.
+variant: plain ``grpc.server()``/``grpc.aio.server()``; drainwatch's ``server()``/
+``aio_server()``, which instrument the handlers as they are registered; and the plain
+server with OpenTelemetry's interceptor and a real ``TracerProvider``. Prints ``ready
+<port> <port> <port>`` (in ``VARIANTS`` order) once all three serve. When stdin closes it
+stops them and prints ``counted <rpcs> <spans>``: the RPCs drainwatch counted as ended and
+the spans OpenTelemetry ended, so the bench can check that both did their work on every
+call.
 
 OpenTelemetry's ``TracerProvider`` gets one span processor that only counts ended spans:
 every span is sampled, recorded, given its attributes and ended, which is the work a traced
@@ -54,11 +56,10 @@ def _generic_handler(behavior: object) -> object:
     return grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler})
 
 
-class _Interceptors:
-    """The interceptors of the three servers of one kind, and what they counted."""
+class _Variants:
+    """How to build each variant's server of one kind, and what the instrumented ones counted."""
 
     def __init__(self, kind: str) -> None:
-        from drainwatch.integrations import grpc as drainwatch_grpc
         from opentelemetry.instrumentation import grpc as otel_grpc
         from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
@@ -73,20 +74,13 @@ class _Interceptors:
         provider.add_span_processor(SpanCounter())
         self._spans = spans
         if kind == "sync":
-            drainwatch_interceptor: object = drainwatch_grpc.ServerInterceptor()
-            otel_interceptor = otel_grpc.server_interceptor(  # type: ignore[no-untyped-call]
+            self.otel_interceptor: object = otel_grpc.server_interceptor(  # type: ignore[no-untyped-call]
                 tracer_provider=provider
             )
         else:
-            drainwatch_interceptor = drainwatch_grpc.AioServerInterceptor()
-            otel_interceptor = otel_grpc.aio_server_interceptor(  # type: ignore[no-untyped-call]
+            self.otel_interceptor = otel_grpc.aio_server_interceptor(  # type: ignore[no-untyped-call]
                 tracer_provider=provider
             )
-        self.by_variant: dict[str, list[object]] = {
-            "baseline": [],
-            "drainwatch": [drainwatch_interceptor],
-            "opentelemetry": [otel_interceptor],
-        }
 
     def counted(self) -> tuple[int, int]:
         """(RPCs drainwatch counted as ended, spans OpenTelemetry ended)."""
@@ -97,29 +91,45 @@ class _Interceptors:
         return rpcs, self._spans[0]
 
 
-def _sync_servers(interceptors: _Interceptors) -> tuple[list[grpc.Server], list[int]]:
+def _sync_server(variant: str, variants: _Variants) -> grpc.Server:
+    from drainwatch.integrations import grpc as drainwatch_grpc
+
+    pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix=variant)
+    handlers = [_generic_handler(_echo)]
+    if variant == "drainwatch":
+        built: grpc.Server = drainwatch_grpc.server(pool, handlers=handlers)
+        return built
+    interceptors = [variants.otel_interceptor] if variant == "opentelemetry" else []
+    return grpc.server(pool, handlers=handlers, interceptors=interceptors)
+
+
+def _aio_server(variant: str, variants: _Variants) -> grpc.aio.Server:
+    from drainwatch.integrations import grpc as drainwatch_grpc
+
+    handlers = [_generic_handler(_aio_echo)]
+    if variant == "drainwatch":
+        built: grpc.aio.Server = drainwatch_grpc.aio_server(handlers=handlers)
+        return built
+    interceptors = [variants.otel_interceptor] if variant == "opentelemetry" else []
+    return grpc.aio.server(handlers=handlers, interceptors=interceptors)
+
+
+def _sync_servers(variants: _Variants) -> tuple[list[grpc.Server], list[int]]:
     servers: list[grpc.Server] = []
     ports: list[int] = []
     for variant in VARIANTS:
-        server = grpc.server(
-            ThreadPoolExecutor(_WORKERS, thread_name_prefix=variant),
-            handlers=[_generic_handler(_echo)],
-            interceptors=interceptors.by_variant[variant],
-        )
+        server = _sync_server(variant, variants)
         ports.append(server.add_insecure_port(_LOOPBACK))
         server.start()
         servers.append(server)
     return servers, ports
 
 
-async def _aio_servers(interceptors: _Interceptors) -> tuple[list[grpc.aio.Server], list[int]]:
+async def _aio_servers(variants: _Variants) -> tuple[list[grpc.aio.Server], list[int]]:
     servers: list[grpc.aio.Server] = []
     ports: list[int] = []
     for variant in VARIANTS:
-        server = grpc.aio.server(
-            handlers=[_generic_handler(_aio_echo)],
-            interceptors=interceptors.by_variant[variant],
-        )
+        server = _aio_server(variant, variants)
         ports.append(server.add_insecure_port(_LOOPBACK))
         await server.start()
         servers.append(server)
@@ -133,16 +143,16 @@ def _ready(ports: Sequence[int]) -> None:
     print("ready", *ports, flush=True)
 
 
-def _serve_sync(interceptors: _Interceptors) -> None:
-    servers, ports = _sync_servers(interceptors)
+def _serve_sync(variants: _Variants) -> None:
+    servers, ports = _sync_servers(variants)
     _ready(ports)
     sys.stdin.read()
     for server in servers:
         server.stop(None).wait()
 
 
-async def _serve_aio(interceptors: _Interceptors) -> None:
-    servers, ports = await _aio_servers(interceptors)
+async def _serve_aio(variants: _Variants) -> None:
+    servers, ports = await _aio_servers(variants)
     _ready(ports)
     # stdin is read in a thread so the loop stays free to serve.
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
@@ -157,12 +167,12 @@ def main(argv: Sequence[str]) -> int:
     # Reporting is off: the per-RPC path never touches the reporter, and its periodic
     # snapshots would only add noise to whichever calls they land on.
     drainwatch.configure(enabled=False)
-    interceptors = _Interceptors(argv[0])
+    variants = _Variants(argv[0])
     if argv[0] == "sync":
-        _serve_sync(interceptors)
+        _serve_sync(variants)
     else:
-        asyncio.run(_serve_aio(interceptors))
-    print("counted", *interceptors.counted(), flush=True)
+        asyncio.run(_serve_aio(variants))
+    print("counted", *variants.counted(), flush=True)
     return 0
 
 

@@ -3,8 +3,9 @@
 grpc picks how to run a handler from what the handler *is* (``grpc.aio`` awaits coroutine
 functions, iterates async generator functions and runs anything else in its thread pool;
 the sync server calls everything in its pool), so each twin is of the same kind as the
-handler it wraps. The hot path is the unary one: its bookkeeping is inlined and touches
-nothing but the method's stats object, the registry's lock and the context.
+handler it wraps. The hot path is the unary one: before the response goes out it only
+opens the count and hands grpc a callback; the count is closed in that callback, when
+grpc has ended the RPC.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, Final
 
 import grpc  # type: ignore[import-untyped, unused-ignore]
@@ -59,6 +61,27 @@ def _start(registry: Registry, stats: Stats) -> float | None:
 def _finish(registry: Registry, stats: Stats, started: float | None, outcome: str) -> None:
     if started is None:
         return
+    try:
+        registry.finish(stats, started, outcome)
+    except Exception:
+        _runtime.note_internal_error()
+
+
+def _sync_ended(registry: Registry, stats: Stats, started: float, context: Any) -> None:
+    """grpc's termination callback of a sync unary-response RPC whose handler returned.
+
+    The handler can no longer change the code, so it is read here, off the response path.
+    """
+    try:
+        code = context.code()
+        outcome = _inflight.OK if code is None or code == _OK else _inflight.ERROR
+        registry.finish(stats, started, outcome)
+    except Exception:
+        _runtime.note_internal_error()
+
+
+def _aio_ended(registry: Registry, stats: Stats, started: float, outcome: str, _: Any) -> None:
+    """A ``grpc.aio`` context's done callback (grpc passes the context last)."""
     try:
         registry.finish(stats, started, outcome)
     except Exception:
@@ -123,13 +146,13 @@ def _sync_unary(behavior: Behavior, registry: Registry, stats: Stats, outcome: O
 
 
 def _sync_server_unary(behavior: Behavior, registry: Registry, stats: Stats) -> Behavior:
-    """``_sync_unary`` for the sync server, with the common case of ``_sync_outcome`` inlined."""
-    ok = _inflight.OK
-    unset_or_ok = (None, _OK)
+    """``_sync_unary`` for the sync server: the count is closed in grpc's termination callback."""
+    start = registry.start
+    cut_short = _inflight.aborted_or_cancelled
 
     def handler(request: Any, context: Any) -> Any:
         try:
-            started = registry.start(stats)
+            started = start(stats)
         except Exception:
             _runtime.note_internal_error()
             return behavior(request, context)
@@ -138,21 +161,19 @@ def _sync_server_unary(behavior: Behavior, registry: Registry, stats: Stats) -> 
         except BaseException:
             _finish(registry, stats, started, _sync_outcome(context, True))
             raise
+        # Closed when grpc ends the RPC, after the response went out: off the response path,
+        # and the duration includes sending it. grpc refuses the callback once the RPC has
+        # ended, which before the response means the peer or a server stop cut it (grpc
+        # then sends nothing): that refusal stands in for an is_active() check, which costs
+        # as much again.
         try:
-            if context.is_active() and context.code() in unset_or_ok:
-                outcome = ok
-            else:
-                outcome = _sync_outcome(context, False)
+            if context.add_callback(partial(_sync_ended, registry, stats, started, context)):
+                return response
+            outcome = cut_short()
         except Exception:
-            _runtime.note_internal_error()  # a context without is_active()/code(): not grpc's
-            outcome = ok
-        # The count is closed when grpc ends the RPC, after the response went out, so the
-        # bookkeeping is off the response path (and the duration includes sending it).
-        try:
-            if not context.add_callback(lambda: _finish(registry, stats, started, outcome)):
-                _finish(registry, stats, started, outcome)  # the RPC already ended
-        except Exception:
-            _finish(registry, stats, started, outcome)
+            _runtime.note_internal_error()  # a context without add_callback(): not grpc's
+            outcome = _sync_outcome(context, False)
+        _finish(registry, stats, started, outcome)
         return response
 
     return handler
@@ -204,22 +225,29 @@ def _follow(
 
 def _aio_coroutine(behavior: Behavior, registry: Registry, stats: Stats) -> Behavior:
     """Unary responses, and response streams written with ``context.write()``."""
+    start = registry.start
+    ok, error = _inflight.OK, _inflight.ERROR
 
     async def handler(request: Any, context: Any) -> Any:
         try:
-            started = registry.start(stats)
+            started = start(stats)
         except Exception:
             _runtime.note_internal_error()
             return await behavior(request, context)
         try:
             response = await behavior(request, context)
-        except BaseException as error:
-            _finish(registry, stats, started, _aio_outcome(context, error))
+        except BaseException as raised:
+            _finish(registry, stats, started, _aio_outcome(context, raised))
             raise
-        outcome = _aio_outcome(context, None)
+        try:
+            code = context.code()
+        except Exception:
+            _runtime.note_internal_error()  # a context without code(): not grpc's
+            code = None
+        outcome = ok if code is None or code == _OK else error
         # Closed when grpc ends the RPC, after the response went out: off the response path.
         try:
-            context.add_done_callback(lambda _: _finish(registry, stats, started, outcome))
+            context.add_done_callback(partial(_aio_ended, registry, stats, started, outcome))
         except Exception:
             _finish(registry, stats, started, outcome)
         return response
@@ -294,6 +322,7 @@ class HandlerCache:
         _runtime.current()  # start reporting: the first RPC should not pay for it
 
     def instrumented(self, handler: Any, method: str) -> Any:
+        """The instrumented twin of ``handler`` (None stays None); never raises."""
         if handler is None:
             return None
         if _inflight.REGISTRY is not self._registry:  # replaced (tests): start afresh
@@ -302,22 +331,28 @@ class HandlerCache:
         cached = self._handlers.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        try:
-            instrumented = self._build(handler, method)
-        except Exception:
-            _runtime.note_internal_error()
-            return handler
+        instrumented = self.build(handler, method)
         if len(self._handlers) < _MAX_CACHED_METHODS or method in self._handlers:
             self._handlers[method] = (handler, instrumented)
         return instrumented
+
+    def build(self, handler: Any, method: str) -> Any:
+        """A new instrumented twin of ``handler``, not cached; ``handler`` itself if it
+        cannot be instrumented. Never raises."""
+        try:
+            return self._build(handler, method)
+        except Exception:
+            _runtime.note_internal_error()
+            return handler
 
     def _build(self, handler: Any, method: str) -> Any:
         kind = _KINDS[bool(handler.request_streaming), bool(handler.response_streaming)]
         behavior = getattr(handler, kind)
         if behavior is None or getattr(behavior, _WRAPPED_ATTRIBUTE, False):
-            return handler  # nothing to serve, or counted by another of our interceptors
-        stats = self._registry.stats(PROTOCOL, method)
-        wrapped = _wrap_behavior(behavior, kind, self._aio, self._registry, stats)
+            return handler  # nothing to serve, or counted by another of our wrappers
+        registry = _inflight.REGISTRY
+        stats = registry.stats(PROTOCOL, method)
+        wrapped = _wrap_behavior(behavior, kind, self._aio, registry, stats)
         if wrapped is None:
             return handler
         functools.update_wrapper(wrapped, behavior)  # keeps experimental_thread_pool & co.

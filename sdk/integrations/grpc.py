@@ -7,8 +7,8 @@
     #   server = grpc.server(pool, interceptors=[drainwatch_grpc.ServerInterceptor()])
     #   drainwatch_grpc.instrument_server(server)
 
-The interceptors count every RPC of the four kinds, in the sync and the ``grpc.aio``
-server alike, whatever the handler style (function, generator, coroutine, async generator,
+Every RPC of the four kinds is counted, in the sync and the ``grpc.aio`` server alike,
+whatever the handler style (function, generator, coroutine, async generator,
 ``context.read()``/``context.write()``). An RPC ends when its last response is sent: for a
 response-streaming handler, when its iterator is exhausted or closed, not when the
 handler function returns. Outcomes: ``ok``; ``error`` (the handler raised or aborted, or
@@ -18,6 +18,13 @@ status and cancellation pass through untouched; bookkeeping errors are counted, 
 raised. Known limit: a *sync* handler served by a ``grpc.aio`` server cannot see its
 status code or cancellation (grpc gives it no ``code()``/``is_active()``), so it is
 counted by whether it raised.
+
+``server()`` and ``aio_server()`` count from the method handlers, instrumented once as
+they are registered, so nothing runs per RPC but the count itself; an interceptor goes
+through grpc's interceptor pipeline on every RPC first. ``instrument_server`` moves the
+count of a sync server whose last interceptor is a ``ServerInterceptor`` (as ``drainwatch
+run`` builds them) to its handlers the same way; ``grpc.aio`` offers no way to, so there
+the interceptor keeps counting.
 
 ``instrument_server`` reports the server's listeners (opened on ``start``, stop started
 and closed on ``stop``) so the agent can check that the health port closes last and that
@@ -40,6 +47,7 @@ import grpc.aio  # type: ignore[import-untyped, unused-ignore]
 from drainwatch import _runtime, _shutdown
 
 from ._grpc_handlers import HandlerCache
+from ._grpc_registration import RegistrationCounter, adopt_interceptor
 from ._health_paths import HEALTH_PORTS_ENV, health_ports
 
 __all__ = [
@@ -60,6 +68,7 @@ _HEALTH_ATTRIBUTE: Final = "_drainwatch_health"
 
 ServerT = TypeVar("ServerT")
 ServicerT = TypeVar("ServicerT")
+T = TypeVar("T")
 
 
 class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -181,25 +190,42 @@ def instrument_server(
     started at once and the listener as closed when the stop completes (when the sync
     server's returned event is set, or when the aio coroutine finishes; a cancelled aio
     stop records nothing as closed). Instrumenting again only applies a ``role`` given
-    now (e.g. to a server that ``drainwatch run`` instrumented already). Raises
-    ``TypeError`` for anything but a grpc server and ``ValueError`` for a ``role`` other
-    than ``"business"`` or ``"health"``.
+    now (e.g. to a server that ``drainwatch run`` instrumented already). If the last
+    interceptor of a sync server is a ``ServerInterceptor``, it leaves the pipeline and
+    the server's handlers, those it has and those registered later, count instead: the
+    same RPCs, at a lower cost per RPC. Raises ``TypeError`` for anything but a grpc
+    server and ``ValueError`` for a ``role`` other than ``"business"`` or ``"health"``.
     """
     if not isinstance(server, grpc.Server | grpc.aio.Server):
         raise TypeError(
             "instrument_server() takes a grpc.Server or grpc.aio.Server (from grpc.server() "
             f"or grpc.aio.server()), not {type(server).__name__}"
         )
-    if role is not None and role not in _shutdown.ROLES:
-        raise ValueError(f'"role" must be one of {", ".join(_shutdown.ROLES)} or None: {role!r}')
+    _check_role(role)
     known = getattr(server, _LISTENERS_ATTRIBUTE, None)
     if isinstance(known, _Listeners):
         if role is not None:
             known.role = role
         return server
+    # A grpc.aio server keeps its interceptors out of reach: its interceptor stays.
+    aio = isinstance(server, grpc.aio.Server)
+    counter = None if aio else adopt_interceptor(server, ServerInterceptor)
+    return _instrument(server, role, name_prefix, counter)
+
+
+def _check_role(role: str | None) -> None:
+    if role is not None and role not in _shutdown.ROLES:
+        raise ValueError(f'"role" must be one of {", ".join(_shutdown.ROLES)} or None: {role!r}')
+
+
+def _instrument(
+    server: ServerT, role: str | None, name_prefix: str, counter: RegistrationCounter | None
+) -> ServerT:
+    """Hook ``server``'s registration and lifecycle; ``counter`` (if any) instruments the
+    handlers registered from now on."""
     listeners = _Listeners(role, name_prefix, health_ports())
     setattr(server, _LISTENERS_ATTRIBUTE, listeners)
-    _hook_registration(server, listeners)
+    _hook_registration(server, listeners, counter)
     if isinstance(server, grpc.aio.Server):
         _hook_aio_lifecycle(server, listeners)
     else:
@@ -207,7 +233,17 @@ def instrument_server(
     return server
 
 
-def _hook_registration(server: Any, listeners: _Listeners) -> None:
+def _counted(count: Callable[[], T], fallback: T) -> T:
+    try:
+        return count()
+    except Exception:
+        _runtime.note_internal_error()
+        return fallback
+
+
+def _hook_registration(
+    server: Any, listeners: _Listeners, counter: RegistrationCounter | None
+) -> None:
     add_insecure_port = server.add_insecure_port
     add_secure_port = server.add_secure_port
     add_generic_rpc_handlers = server.add_generic_rpc_handlers
@@ -227,8 +263,13 @@ def _hook_registration(server: Any, listeners: _Listeners) -> None:
 
     @functools.wraps(add_generic_rpc_handlers)
     def generic_handlers(generic_rpc_handlers: Any) -> None:
-        _guarded(lambda: listeners.note_handlers(generic_rpc_handlers))
-        add_generic_rpc_handlers(generic_rpc_handlers)
+        if counter is None:
+            _guarded(lambda: listeners.note_handlers(generic_rpc_handlers))
+            add_generic_rpc_handlers(generic_rpc_handlers)
+            return
+        given = list(generic_rpc_handlers)  # grpc takes any iterable, and so looks at it once
+        _guarded(lambda: listeners.note_handlers(given))
+        add_generic_rpc_handlers(_counted(lambda: counter.generic(given), given))
 
     server.add_insecure_port = insecure_port
     server.add_secure_port = secure_port
@@ -237,6 +278,9 @@ def _hook_registration(server: Any, listeners: _Listeners) -> None:
 
         @functools.wraps(add_registered_method_handlers)
         def registered_handlers(service_name: str, method_handlers: Any) -> None:
+            if counter is not None:
+                given = method_handlers
+                method_handlers = _counted(lambda: counter.registered(given, service_name), given)
             add_registered_method_handlers(service_name, method_handlers)
             listeners.services.add(service_name)
 
@@ -325,17 +369,23 @@ def server(
     role: str | None = None,
     name_prefix: str = "grpc",
 ) -> Any:
-    """``grpc.server(...)`` with a ``ServerInterceptor`` first, passed to ``instrument_server``."""
+    """``grpc.server(...)`` that counts every RPC, passed to ``instrument_server``.
+
+    Without ``interceptors``, the handlers are instrumented as they are registered and no
+    interceptor runs per RPC. With some, a ``ServerInterceptor`` goes first, so that the
+    RPCs they turn away are counted too.
+    """
+    counter = None if interceptors else RegistrationCounter(aio=False)
     created = grpc.server(
         thread_pool,
-        handlers=handlers,
-        interceptors=[ServerInterceptor(), *(interceptors or ())],
+        handlers=_counted_handlers(handlers, counter),
+        interceptors=[ServerInterceptor(), *interceptors] if interceptors else None,
         options=options,
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
         compression=compression,
         xds=xds,
     )
-    return instrument_server(created, role=role, name_prefix=name_prefix)
+    return _instrument_built(created, role, name_prefix, counter)
 
 
 def aio_server(
@@ -349,16 +399,31 @@ def aio_server(
     role: str | None = None,
     name_prefix: str = "grpc",
 ) -> Any:
-    """``grpc.aio.server(...)`` with an ``AioServerInterceptor`` first, then instrumented."""
+    """``grpc.aio.server(...)`` that counts every RPC, as ``server()`` does (with an
+    ``AioServerInterceptor`` first only if ``interceptors`` are given), then instrumented."""
+    counter = None if interceptors else RegistrationCounter(aio=True)
     created = grpc.aio.server(
         migration_thread_pool,
-        handlers=handlers,
-        interceptors=[AioServerInterceptor(), *(interceptors or ())],
+        handlers=_counted_handlers(handlers, counter),
+        interceptors=[AioServerInterceptor(), *interceptors] if interceptors else None,
         options=options,
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
         compression=compression,
     )
-    return instrument_server(created, role=role, name_prefix=name_prefix)
+    return _instrument_built(created, role, name_prefix, counter)
+
+
+def _counted_handlers(handlers: Any, counter: RegistrationCounter | None) -> Any:
+    return handlers if handlers is None or counter is None else counter.generic(handlers)
+
+
+def _instrument_built(
+    server: Any, role: str | None, name_prefix: str, counter: RegistrationCounter | None
+) -> Any:
+    if counter is None:  # counted by the interceptor the server was built with
+        return instrument_server(server, role=role, name_prefix=name_prefix)
+    _check_role(role)
+    return _instrument(server, role, name_prefix, counter)
 
 
 # -- health ---------------------------------------------------------------------------------------

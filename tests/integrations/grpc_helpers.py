@@ -18,6 +18,7 @@ from typing import Any, Final
 import grpc  # type: ignore[import-untyped, unused-ignore]
 import grpc.aio  # type: ignore[import-untyped, unused-ignore]
 from drainwatch import _inflight, _shutdown
+from drainwatch.integrations import grpc as drainwatch_grpc
 from drainwatch.integrations.grpc import (
     AioServerInterceptor,
     ServerInterceptor,
@@ -38,6 +39,13 @@ _FACTORIES: Final = {
     "stream_unary": grpc.stream_unary_rpc_method_handler,
     "stream_stream": grpc.stream_stream_rpc_method_handler,
 }
+SYNC_WAYS: Final = ("interceptor", "adopted", "constructor", "registered")
+"""How a sync server is counted: a ``ServerInterceptor`` in grpc's pipeline; the same, then
+``instrument_server`` (which moves the count from the interceptor to the handlers);
+``drainwatch_grpc.server()`` with a generic handler; the same with registered method
+handlers, as generated code adds them."""
+AIO_WAYS: Final = ("interceptor", "constructor", "registered")
+"""The same for ``grpc.aio``, whose interceptors ``instrument_server`` cannot move."""
 Behaviors = dict[str, Callable[..., Any]]
 Record = dict[str, Any]
 
@@ -47,11 +55,23 @@ def method(kind: str) -> str:
     return f"/{SERVICE}/{METHOD_NAMES[kind]}"
 
 
+def method_handlers(behaviors: Behaviors) -> dict[str, Any]:
+    """``payments.Payments``'s method handlers, by method name, for ``behaviors`` by kind."""
+    return {METHOD_NAMES[kind]: _FACTORIES[kind](fn) for kind, fn in behaviors.items()}
+
+
 def generic_handler(behaviors: Behaviors) -> Any:
     """``payments.Payments`` with ``behaviors`` keyed by RPC kind."""
-    return grpc.method_handlers_generic_handler(
-        SERVICE, {METHOD_NAMES[kind]: _FACTORIES[kind](fn) for kind, fn in behaviors.items()}
-    )
+    return grpc.method_handlers_generic_handler(SERVICE, method_handlers(behaviors))
+
+
+def serve(server: Any, behaviors: Behaviors, way: str) -> None:
+    """Register ``behaviors`` with ``server``: as registered methods for ``way``
+    ``"registered"``, else as a generic handler."""
+    if way == "registered":
+        server.add_registered_method_handlers(SERVICE, method_handlers(behaviors))
+    else:
+        server.add_generic_rpc_handlers((generic_handler(behaviors),))
 
 
 # -- what the registry and the shutdown state say ------------------------------------------------
@@ -142,14 +162,19 @@ def sync_server(
     instrumented: bool = True,
     observe_listeners: bool = False,
     interceptors: Sequence[Any] = (),
+    way: str = "interceptor",
 ) -> Iterator[SyncRig]:
-    """A started ``grpc.server`` serving ``behaviors``, and a channel to it."""
+    """A started ``grpc.server`` serving ``behaviors``, counted the ``SYNC_WAYS`` way
+    ``way`` (or not at all), and a channel to it."""
     pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="grpc-test")
-    chain = [ServerInterceptor(), *interceptors] if instrumented else list(interceptors)
-    server = grpc.server(pool, interceptors=chain)
-    if observe_listeners:
-        instrument_server(server)
-    server.add_generic_rpc_handlers((generic_handler(behaviors),))
+    if instrumented and way in ("constructor", "registered"):
+        server = drainwatch_grpc.server(pool, interceptors=list(interceptors))
+    else:
+        chain = [ServerInterceptor(), *interceptors] if instrumented else list(interceptors)
+        server = grpc.server(pool, interceptors=chain)
+        if observe_listeners or (instrumented and way == "adopted"):
+            instrument_server(server)
+    serve(server, behaviors, way)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -192,14 +217,19 @@ async def aio_server(
     instrumented: bool = True,
     observe_listeners: bool = False,
     thread_pool: ThreadPoolExecutor | None = None,
+    way: str = "interceptor",
 ) -> AsyncIterator[AioRig]:
-    """A started ``grpc.aio.server`` serving ``behaviors``, and a channel to it."""
-    server = grpc.aio.server(
-        thread_pool, interceptors=[AioServerInterceptor()] if instrumented else None
-    )
-    if observe_listeners:
-        instrument_server(server)
-    server.add_generic_rpc_handlers((generic_handler(behaviors),))
+    """A started ``grpc.aio.server`` serving ``behaviors``, counted the ``AIO_WAYS`` way
+    ``way`` (or not at all), and a channel to it."""
+    if instrumented and way in ("constructor", "registered"):
+        server = drainwatch_grpc.aio_server(thread_pool)
+    else:
+        server = grpc.aio.server(
+            thread_pool, interceptors=[AioServerInterceptor()] if instrumented else None
+        )
+        if observe_listeners:
+            instrument_server(server)
+    serve(server, behaviors, way)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

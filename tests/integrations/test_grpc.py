@@ -32,8 +32,10 @@ from grpc_health.v1 import (  # type: ignore[import-untyped, unused-ignore]
 from tests.aio import run
 
 from .grpc_helpers import (
+    AIO_WAYS,
     KINDS,
     SERVICE,
+    SYNC_WAYS,
     AioRig,
     SyncRig,
     active,
@@ -41,6 +43,7 @@ from .grpc_helpers import (
     generic_handler,
     listener,
     method,
+    method_handlers,
     outcomes,
     stats,
     sync_server,
@@ -117,12 +120,14 @@ def finish(kind: str, started: Any) -> Any:
     return list(started)
 
 
+@pytest.mark.parametrize("way", SYNC_WAYS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_sync_rpc_is_active_until_its_last_response_then_ok(kind: str) -> None:
-    """A sync RPC of each kind counts as active while held (a stream until its generator
-    is exhausted, long after the handler function returned) and then as ok."""
+def test_sync_rpc_is_active_until_its_last_response_then_ok(kind: str, way: str) -> None:
+    """A sync RPC of each kind, counted each way, counts as active while held (a stream
+    until its generator is exhausted, long after the handler function returned) and then
+    as ok."""
     hold = threading.Event()
-    with sync_server(sync_behaviors(hold)) as rig:
+    with sync_server(sync_behaviors(hold), way=way) as rig:
         started = rig.start_call(kind, REQUESTS)
         assert wait_until(lambda: active(kind) == 1)
         assert outcomes(kind) == {}
@@ -135,11 +140,13 @@ def test_sync_rpc_is_active_until_its_last_response_then_ok(kind: str) -> None:
         assert record["duration"]["count"] == 1
 
 
-def test_sync_results_are_identical_with_and_without_the_interceptor() -> None:
-    """Responses and streamed items of every kind are byte-identical through the interceptor."""
+@pytest.mark.parametrize("way", SYNC_WAYS)
+def test_sync_results_are_identical_with_and_without_the_interceptor(way: str) -> None:
+    """Responses and streamed items of every kind are byte-identical, whichever way the
+    server is counted."""
     results = {}
     for instrumented in (False, True):
-        with sync_server(sync_behaviors(), instrumented=instrumented) as rig:
+        with sync_server(sync_behaviors(), instrumented=instrumented, way=way) as rig:
             results[instrumented] = [rig.call(kind, REQUESTS) for kind in KINDS]
     assert results[True] == results[False]
     assert results[True][0] == b"\xffyap\x00!"
@@ -194,15 +201,16 @@ def sync_failing_call(rig: SyncRig, kind: str, request: bytes, items: list[bytes
         rig.call(kind, [request])
 
 
+@pytest.mark.parametrize("way", SYNC_WAYS)
 def test_sync_errors_count_as_error_and_reach_the_client_unchanged(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, way: str
 ) -> None:
     """Raising, aborting and a non-OK code count as error, and the client sees exactly
-    the status code, details and items it sees without the interceptor."""
+    the status code, details and items it sees without drainwatch."""
     caplog.set_level(logging.CRITICAL, logger="grpc._server")  # grpc logs each exception
     seen = {}
     for instrumented in (False, True):
-        with sync_server(sync_failing_behaviors(), instrumented=instrumented) as rig:
+        with sync_server(sync_failing_behaviors(), instrumented=instrumented, way=way) as rig:
             seen[instrumented] = sync_statuses(rig)
     assert seen[True] == seen[False]
     assert seen[True][1][:2] == (grpc.StatusCode.FAILED_PRECONDITION, "card declined")
@@ -214,7 +222,8 @@ def test_sync_errors_count_as_error_and_reach_the_client_unchanged(
     assert active("unary_unary") + active("unary_stream") + active("stream_unary") == 0
 
 
-def test_sync_client_cancelling_a_stream_mid_way_counts_as_cancelled() -> None:
+@pytest.mark.parametrize("way", SYNC_WAYS)
+def test_sync_client_cancelling_a_stream_mid_way_counts_as_cancelled(way: str) -> None:
     """A client that cancels a server stream after the first item: cancelled, not ok."""
     proceed = threading.Event()
     contexts: list[Any] = []
@@ -226,7 +235,7 @@ def test_sync_client_cancelling_a_stream_mid_way_counts_as_cancelled() -> None:
         yield b"2"  # grpc cannot send it, stops iterating and drops the generator
         yield b"3"
 
-    with sync_server({"unary_stream": listing}) as rig:
+    with sync_server({"unary_stream": listing}, way=way) as rig:
         responses = rig.start_call("unary_stream", [b"x"])
         assert next(responses) == b"1"
         responses.cancel()
@@ -237,7 +246,8 @@ def test_sync_client_cancelling_a_stream_mid_way_counts_as_cancelled() -> None:
         assert active("unary_stream") == 0
 
 
-def test_sync_rpcs_cut_by_stop_while_shutting_down_count_as_aborted_at_shutdown() -> None:
+@pytest.mark.parametrize("way", SYNC_WAYS)
+def test_sync_rpcs_cut_by_stop_while_shutting_down_count_as_aborted_at_shutdown(way: str) -> None:
     """``server.stop(0)`` of an instrumented server cuts a held unary RPC and a held stream:
     both count as aborted_at_shutdown, and the client gets grpc's own status."""
     proceed = threading.Event()
@@ -254,7 +264,8 @@ def test_sync_rpcs_cut_by_stop_while_shutting_down_count_as_aborted_at_shutdown(
         assert proceed.wait(5.0)
         yield b"2"
 
-    with sync_server({"unary_unary": pay, "unary_stream": listing}, observe_listeners=True) as rig:
+    behaviors = {"unary_unary": pay, "unary_stream": listing}
+    with sync_server(behaviors, observe_listeners=True, way=way) as rig:
         unary = rig.start_call("unary_unary", [b"x"])
         stream = rig.start_call("unary_stream", [b"x"])
         assert next(stream) == b"1"
@@ -352,27 +363,29 @@ async def held_rpc_counts(rig: AioRig, kind: str, hold: asyncio.Event) -> Any:
     return result
 
 
+@pytest.mark.parametrize("way", AIO_WAYS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_aio_rpc_is_active_until_it_ends_then_ok(kind: str) -> None:
-    """An aio RPC of each kind (coroutine and async-generator handlers) counts as active
-    while held and then as ok."""
+def test_aio_rpc_is_active_until_it_ends_then_ok(kind: str, way: str) -> None:
+    """An aio RPC of each kind (coroutine and async-generator handlers), counted each way,
+    counts as active while held and then as ok."""
 
     async def scenario() -> None:
         hold = asyncio.Event()
-        async with aio_server(aio_behaviors(hold)) as rig:
+        async with aio_server(aio_behaviors(hold), way=way) as rig:
             await held_rpc_counts(rig, kind, hold)
 
     run(scenario())
 
 
+@pytest.mark.parametrize("way", AIO_WAYS)
 @pytest.mark.parametrize("kind", ["unary_stream", "stream_unary", "stream_stream"])
-def test_aio_read_write_style_handler_is_counted(kind: str) -> None:
+def test_aio_read_write_style_handler_is_counted(kind: str, way: str) -> None:
     """Handlers using ``context.read()``/``context.write()`` and returning None count as
     active while held and ok afterwards, with the same results as generator handlers."""
 
     async def scenario() -> None:
         hold = asyncio.Event()
-        async with aio_server(read_write_behaviors(hold)) as rig:
+        async with aio_server(read_write_behaviors(hold), way=way) as rig:
             result = await held_rpc_counts(rig, kind, hold)
         async with aio_server(aio_behaviors(), instrumented=False) as plain:
             assert result == await plain.call(kind, REQUESTS)
@@ -380,14 +393,16 @@ def test_aio_read_write_style_handler_is_counted(kind: str) -> None:
     run(scenario())
 
 
-def test_aio_results_are_identical_with_and_without_the_interceptor() -> None:
-    """Responses and streamed items of every kind and handler style are byte-identical."""
+@pytest.mark.parametrize("way", AIO_WAYS)
+def test_aio_results_are_identical_with_and_without_the_interceptor(way: str) -> None:
+    """Responses and streamed items of every kind and handler style are byte-identical,
+    whichever way the server is counted."""
 
     async def scenario() -> None:
         results = {}
         for behaviors in (aio_behaviors, read_write_behaviors):
             for instrumented in (False, True):
-                async with aio_server(behaviors(), instrumented=instrumented) as rig:
+                async with aio_server(behaviors(), instrumented=instrumented, way=way) as rig:
                     results[behaviors, instrumented] = [
                         await rig.call(kind, REQUESTS) for kind in KINDS
                     ]
@@ -397,12 +412,13 @@ def test_aio_results_are_identical_with_and_without_the_interceptor() -> None:
     run(scenario())
 
 
-def test_aio_sync_handlers_on_an_aio_server_are_counted() -> None:
+@pytest.mark.parametrize("way", AIO_WAYS)
+def test_aio_sync_handlers_on_an_aio_server_are_counted(way: str) -> None:
     """Plain and generator functions that an aio server runs in its thread pool count too."""
 
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as pool:
-            async with aio_server(sync_behaviors(), thread_pool=pool) as rig:
+            async with aio_server(sync_behaviors(), thread_pool=pool, way=way) as rig:
                 results = [await rig.call(kind, REQUESTS) for kind in KINDS]
         assert results[1] == [b"\x00pay\xff", b"\x00pay\xff\x00"]
         for kind in KINDS:
@@ -467,17 +483,19 @@ async def aio_failing_call(rig: AioRig, kind: str, request: bytes, items: list[b
         items.append(item)
 
 
+@pytest.mark.parametrize("way", AIO_WAYS)
 def test_aio_errors_count_as_error_and_reach_the_client_unchanged(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, way: str
 ) -> None:
     """Raising, ``await context.abort()`` and a non-OK code count as error, and the client
-    sees exactly the status code, details and items it sees without the interceptor."""
+    sees exactly the status code, details and items it sees without drainwatch."""
     caplog.set_level(logging.CRITICAL, logger="grpc._cython.cygrpc")
 
     async def scenario() -> None:
         seen = {}
         for instrumented in (False, True):
-            async with aio_server(aio_failing_behaviors(), instrumented=instrumented) as rig:
+            failing = aio_failing_behaviors()
+            async with aio_server(failing, instrumented=instrumented, way=way) as rig:
                 seen[instrumented] = await aio_statuses(rig)
         assert seen[True] == seen[False]
         assert seen[True][1][:2] == (grpc.StatusCode.FAILED_PRECONDITION, "card declined")
@@ -490,8 +508,9 @@ def test_aio_errors_count_as_error_and_reach_the_client_unchanged(
     run(scenario())
 
 
+@pytest.mark.parametrize("way", AIO_WAYS)
 @pytest.mark.parametrize("style", ["async_generator", "read_write"])
-def test_aio_client_cancelling_a_stream_mid_way_counts_as_cancelled(style: str) -> None:
+def test_aio_client_cancelling_a_stream_mid_way_counts_as_cancelled(style: str, way: str) -> None:
     """A client that cancels a server stream after the first item: cancelled, and the
     handler itself sees the cancellation as it would without the interceptor."""
     handler_saw: list[str] = []
@@ -515,7 +534,7 @@ def test_aio_client_cancelling_a_stream_mid_way_counts_as_cancelled(style: str) 
 
     async def scenario() -> None:
         behavior = generator if style == "async_generator" else writer
-        async with aio_server({"unary_stream": behavior}) as rig:
+        async with aio_server({"unary_stream": behavior}, way=way) as rig:
             call = rig.channel.unary_stream(method("unary_stream"))(b"x")
             assert await call.read() == b"1"
             call.cancel()
@@ -552,13 +571,14 @@ def test_aio_generator_closed_by_grpc_mid_stream_counts_as_cancelled() -> None:
     run(scenario())
 
 
-def test_aio_rpcs_cut_by_stop_while_shutting_down_count_as_aborted_at_shutdown() -> None:
+@pytest.mark.parametrize("way", AIO_WAYS)
+def test_aio_rpcs_cut_by_stop_while_shutting_down_count_as_aborted_at_shutdown(way: str) -> None:
     """``await server.stop(0)`` of an instrumented aio server cuts a held unary RPC and a
     held stream: both count as aborted_at_shutdown."""
 
     async def scenario() -> None:
         never = asyncio.Event()
-        async with aio_server(aio_behaviors(never), observe_listeners=True) as rig:
+        async with aio_server(aio_behaviors(never), observe_listeners=True, way=way) as rig:
             unary = asyncio.create_task(rig.call("unary_unary", [b"x"]))
             stream = asyncio.create_task(rig.call("unary_stream", [b"x"]))
             assert await until(lambda: active("unary_unary") == active("unary_stream") == 1)
@@ -596,16 +616,155 @@ class _CallDetails(grpc.HandlerCallDetails):  # type: ignore[misc]
         self.invocation_metadata = ()
 
 
-def test_two_interceptors_count_each_rpc_once() -> None:
+@pytest.mark.parametrize("way", SYNC_WAYS)
+def test_two_interceptors_count_each_rpc_once(way: str) -> None:
     """An RPC passing two drainwatch interceptors (explicit and ``drainwatch run``) is
-    counted once."""
+    counted once, whichever way the server is counted."""
     twice = [drainwatch_grpc.ServerInterceptor()]
-    with sync_server(sync_behaviors(), interceptors=twice) as rig:
+    with sync_server(sync_behaviors(), interceptors=twice, way=way) as rig:
         assert rig.call("unary_unary", [b"a"]) == b"a!"
         assert wait_until(lambda: outcomes("unary_unary") == {"ok": 1})
 
 
-def test_bookkeeping_failures_never_reach_the_rpc(monkeypatch: pytest.MonkeyPatch) -> None:
+class _SpyInterceptor(drainwatch_grpc.ServerInterceptor):
+    """drainwatch's interceptor, counting the RPCs that reach it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        self.calls += 1
+        return super().intercept_service(continuation, details)
+
+
+class _Recording(grpc.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        self.seen.append(details.method)
+        return continuation(details)
+
+
+class _Denying(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Turns every RPC of ``unary_unary`` away with PERMISSION_DENIED, as auth would."""
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        if details.method != method("unary_unary"):
+            return continuation(details)
+
+        def deny(request: bytes, context: Any) -> bytes:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "who are you")
+            return b""  # pragma: no cover  # abort() raises
+
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
+def test_instrument_server_moves_a_last_interceptor_to_the_handlers() -> None:
+    """``instrument_server`` on a sync server whose last interceptor is drainwatch's counts
+    every RPC (handlers given to ``grpc.server()``, generic and registered handlers added
+    before and after) from the handlers: the interceptor no longer runs per RPC, the
+    interceptors before it still do."""
+    spy, recording = _SpyInterceptor(), _Recording()
+    behaviors = sync_behaviors()
+    with ThreadPoolExecutor(4) as pool:
+        server = grpc.server(
+            pool,
+            handlers=[generic_handler({"unary_unary": behaviors["unary_unary"]})],
+            interceptors=[recording, spy],
+        )
+        server.add_registered_method_handlers(
+            SERVICE, method_handlers({"unary_stream": behaviors["unary_stream"]})
+        )
+        drainwatch_grpc.instrument_server(server)
+        server.add_generic_rpc_handlers(
+            (generic_handler({"stream_unary": behaviors["stream_unary"]}),)
+        )
+        server.add_registered_method_handlers(
+            SERVICE, method_handlers({"stream_stream": behaviors["stream_stream"]})
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            rig = SyncRig(server, port, channel)
+            results = [rig.call(kind, REQUESTS) for kind in KINDS]
+        server.stop(None).wait(5.0)
+    assert results[0] == b"\xffyap\x00!"
+    for kind in KINDS:
+        assert wait_until(lambda kind=kind: outcomes(kind) == {"ok": 1})  # type: ignore[misc]
+    assert spy.calls == 0
+    assert recording.seen == [method(kind) for kind in KINDS]
+
+
+@pytest.mark.parametrize("way", ["constructor", "interceptor_first"])
+def test_rpcs_a_later_interceptor_turns_away_are_counted(way: str) -> None:
+    """With interceptors after drainwatch's (``server(interceptors=...)``, or drainwatch's
+    first then ``instrument_server``), the count stays in front of them: an RPC they turn
+    away counts as error (so ``instrument_server`` leaves that interceptor in place)."""
+    spy = _SpyInterceptor()
+    with ThreadPoolExecutor(4) as pool:
+        if way == "constructor":
+            server = drainwatch_grpc.server(pool, interceptors=[_Denying()])
+        else:
+            server = grpc.server(pool, interceptors=[spy, _Denying()])
+            drainwatch_grpc.instrument_server(server)
+        server.add_generic_rpc_handlers((generic_handler(sync_behaviors()),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError) as caught:
+                channel.unary_unary(method("unary_unary"))(b"x", timeout=5.0)
+            assert channel.stream_unary(method("stream_unary"))(iter([b"y"]), timeout=5.0)
+        server.stop(None).wait(5.0)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert wait_until(lambda: outcomes("unary_unary") == {"error": 1})
+    assert wait_until(lambda: outcomes("stream_unary") == {"ok": 1})
+    if way == "interceptor_first":
+        assert spy.calls == 2
+
+
+def test_a_server_layout_drainwatch_does_not_know_keeps_its_interceptor() -> None:
+    """Moving the count needs grpc's private server state as drainwatch knows it: anything
+    else, or a failure half-way, leaves the interceptor counting and is no error for the
+    caller (a failure is counted as an internal error)."""
+    from drainwatch.integrations._grpc_registration import adopt_interceptor
+
+    interceptor_type = drainwatch_grpc.ServerInterceptor
+    assert adopt_interceptor(object(), interceptor_type) is None
+
+    class BrokenLock:
+        def __enter__(self) -> None:
+            raise RuntimeError("lock")
+
+        def __exit__(self, *exc: object) -> None:
+            pass  # pragma: no cover
+
+    class Pipeline:
+        interceptors = (interceptor_type(),)
+
+    class State:
+        def __init__(self) -> None:
+            self.lock = BrokenLock()
+            self.interceptor_pipeline = Pipeline()
+            self.generic_handlers: list[Any] = []
+            self.registered_method_handlers: dict[str, Any] = {}
+
+    class Server:
+        def __init__(self) -> None:
+            self._state = State()
+
+    server = Server()
+    before = internal_errors()
+    assert adopt_interceptor(server, interceptor_type) is None
+    assert isinstance(server._state.interceptor_pipeline, Pipeline)
+    assert internal_errors() == before + 1
+
+
+@pytest.mark.parametrize("way", AIO_WAYS)
+def test_bookkeeping_failures_never_reach_the_rpc(
+    monkeypatch: pytest.MonkeyPatch, way: str
+) -> None:
     """A registry that raises on every call leaves RPCs working and counts internal errors."""
 
     class BrokenRegistry(_inflight.InflightRegistry):
@@ -617,13 +776,13 @@ def test_bookkeeping_failures_never_reach_the_rpc(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(_inflight, "REGISTRY", BrokenRegistry())
     before = internal_errors()
-    with sync_server(sync_behaviors()) as rig:
+    with sync_server(sync_behaviors(), way=way) as rig:
         results = [rig.call(kind, REQUESTS) for kind in KINDS]
     assert results[0] == b"\xffyap\x00!"
     assert internal_errors() >= before + len(KINDS)
 
     async def scenario() -> list[Any]:
-        async with aio_server(aio_behaviors()) as rig:
+        async with aio_server(aio_behaviors(), way=way) as rig:
             return [await rig.call(kind, REQUESTS) for kind in KINDS]
 
     assert run(scenario())[3] == [b"\x00pay\xff" * 2, b"\x01\x02" * 2, b"", b"end"]
@@ -677,6 +836,46 @@ def test_convenience_constructors_prepend_the_interceptor_and_observe_listeners(
     opened = listener(f"grpc:{aio_port}")
     assert opened is not None
     assert opened["role"] == "health"
+
+
+def test_convenience_constructors_count_the_handlers_they_are_given() -> None:
+    """``server(handlers=...)`` and ``aio_server(handlers=...)`` without interceptors count
+    the RPCs of the handlers given to them as well as of those registered later."""
+    behaviors = sync_behaviors()
+    with ThreadPoolExecutor(4) as pool:
+        server = drainwatch_grpc.server(
+            pool, handlers=[generic_handler({"unary_unary": behaviors["unary_unary"]})]
+        )
+        server.add_generic_rpc_handlers((generic_handler({"unary_stream": listing_of(b"s")}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            rig = SyncRig(server, port, channel)
+            assert rig.call("unary_unary", [b"ab"]) == b"ba!"
+            assert rig.call("unary_stream", [b"x"]) == [b"s"]
+        server.stop(None).wait(5.0)
+    assert wait_until(lambda: outcomes("unary_unary") == outcomes("unary_stream") == {"ok": 1})
+
+    async def scenario() -> None:
+        aio_behaviors_ = aio_behaviors()
+        server = drainwatch_grpc.aio_server(
+            handlers=[generic_handler({"unary_unary": aio_behaviors_["unary_unary"]})]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert await channel.unary_unary(method("unary_unary"))(b"cd") == b"dc!"
+        await server.stop(None)
+
+    run(scenario())
+    assert outcomes("unary_unary") == {"ok": 2}
+
+
+def listing_of(item: bytes) -> Any:
+    def listing(request: bytes, context: Any) -> Iterator[bytes]:
+        yield item
+
+    return listing
 
 
 # -- listeners -------------------------------------------------------------------------------------
@@ -783,14 +982,21 @@ def test_aio_stop_task_never_awaited_before_the_loop_ends_records_no_close() -> 
     assert record["closed"] is None
 
 
-def test_health_only_server_gets_the_health_role() -> None:
-    """A server whose only service is grpc.health.v1.Health is a health listener; an
-    explicit ``role`` wins over that guess."""
+@pytest.mark.parametrize("built_by", ["instrument_server", "server"])
+def test_health_only_server_gets_the_health_role(built_by: str) -> None:
+    """A server whose only service is grpc.health.v1.Health is a health listener (also when
+    drainwatch counts its RPCs from its handlers); an explicit ``role`` wins over that guess."""
+
+    def build(pool: ThreadPoolExecutor, role: str | None = None) -> Any:
+        if built_by == "server":
+            return drainwatch_grpc.server(pool, role=role)
+        return drainwatch_grpc.instrument_server(grpc.server(pool), role=role)
+
     with ThreadPoolExecutor(2) as pool:
-        health_server = drainwatch_grpc.instrument_server(grpc.server(pool))
+        health_server = build(pool)
         health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), health_server)
         health_port = health_server.add_insecure_port("127.0.0.1:0")
-        business = drainwatch_grpc.instrument_server(grpc.server(pool), role="business")
+        business = build(pool, role="business")
         health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), business)
         business_port = business.add_insecure_port("127.0.0.1:0")
         health_server.start()
