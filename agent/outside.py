@@ -31,7 +31,7 @@ from drainwatch.collectors.port_timeline import (
     TimelineView,
 )
 from drainwatch.collectors.preflight import diagnose_denial, run_preflight
-from drainwatch.collectors.probe_specs import GrpcProbeSpec, HttpProbeSpec, ProbeSpecError
+from drainwatch.collectors.probe_specs import GrpcProbeSpec, HttpProbeSpec
 from drainwatch.collectors.probes import ProbeRunner, ProbeStatus, probe_from_spec
 from drainwatch.collectors.process import ProcessCollector, ProcessSample
 from drainwatch.collectors.pyspy import PySpyRunner
@@ -164,16 +164,13 @@ class OutsideView:
         probes = settings.probes
         specs: list[HttpProbeSpec | GrpcProbeSpec] = [*probes.http, *probes.grpc]
         self.probes: ProbeRunner | None = None
-        if specs:
-            try:
-                self.probes = ProbeRunner(
-                    [probe_from_spec(spec, probes.timeout_seconds) for spec in specs],
-                    probes.interval_seconds,
-                    probes.fast_interval_seconds,
-                    clock=clock,
-                )
-            except ProbeSpecError:
-                raise  # names were checked with the config; a clash here is a bug
+        if specs:  # names were checked unique with the config
+            self.probes = ProbeRunner(
+                [probe_from_spec(spec, probes.timeout_seconds) for spec in specs],
+                probes.interval_seconds,
+                probes.fast_interval_seconds,
+                clock=clock,
+            )
         self._lock = threading.Lock()
         self._generations: deque[Generation] = deque(maxlen=_GENERATIONS_KEPT)
         self._targets: Targets | None = None
