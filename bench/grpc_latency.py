@@ -8,7 +8,8 @@ makes ``calls`` calls to each server, interleaved call by call (A B C, C B A, A 
 with the first server rotating from round to round) and timed one by one; each server's
 figure for the round is its mean call latency. A noisy neighbour's slice of CPU then lands
 on all three servers alike, where timing a block of calls per server would charge it to
-whichever server was running.
+whichever server was running. The rounds are spread over ``SERVER_PROCESSES`` server
+processes, one after the other, each warmed up first.
 
 Two figures per kind: the round's drainwatch/baseline ratio (median over rounds, budget
 ``BUDGET_RATIO``), and drainwatch's added time per call against OpenTelemetry's (medians
@@ -37,6 +38,10 @@ from .measure import Comparison, gc_paused, quartiles
 BUDGET_RATIO = 1.01
 BUDGET_SHARE_OF_OPENTELEMETRY = 0.20
 WARMUP_ROUNDS = 2
+# Within one server process, its servers can sit a percent or two apart for the whole run
+# (thread placement, memory layout), differently in the next process: a figure from one
+# process would carry that offset, so the rounds are spread over several.
+SERVER_PROCESSES = 3
 _PAYLOAD = b"ping"
 _BASELINE = VARIANTS.index("baseline")
 _DRAINWATCH = VARIANTS.index("drainwatch")
@@ -186,7 +191,23 @@ class _ServerProcess:
 
 
 def _measure(kind: str, calls: int, rounds: int) -> list[list[float]]:
-    """Per variant, each round's mean call latency in ns."""
+    """Per variant, each round's mean call latency in ns, the rounds spread evenly over
+    ``SERVER_PROCESSES`` server processes run one after the other."""
+    samples: list[list[float]] = [[] for _ in VARIANTS]
+    processes = max(1, min(SERVER_PROCESSES, rounds))
+    first = 0
+    for index in range(processes):
+        share = rounds // processes + (1 if index < rounds % processes else 0)
+        measured = _measure_process(kind, calls, range(first, first + share))
+        for sample, latencies in zip(samples, measured, strict=True):
+            sample.extend(latencies)
+        first += share
+    return samples
+
+
+def _measure_process(kind: str, calls: int, round_indexes: range) -> list[list[float]]:
+    """Per variant, the mean call latency in ns of each round in ``round_indexes``, all
+    served by one server process."""
     server = _ServerProcess(kind)
     try:
         client = _sync_client if kind == "sync" else _aio_client
@@ -194,12 +215,12 @@ def _measure(kind: str, calls: int, rounds: int) -> list[list[float]]:
         with client(server.ports) as run_round:
             for round_index in range(WARMUP_ROUNDS):
                 run_round(calls, round_index)
-            for round_index in range(rounds):
+            for round_index in round_indexes:
                 with gc_paused():
                     latencies = run_round(calls, round_index)
                 for sample, latency in zip(samples, latencies, strict=True):
                     sample.append(latency)
-        sent = 1 + (WARMUP_ROUNDS + rounds) * calls
+        sent = 1 + (WARMUP_ROUNDS + len(round_indexes)) * calls
         rpcs, spans = server.counted()
     finally:
         server.stop()
@@ -251,7 +272,8 @@ def _overhead_figure(kind: str, samples: list[list[float]], calls: int) -> Figur
         budget=BUDGET_RATIO,
         note=(
             f"{calls} calls per server per round, interleaved call by call with the "
-            f"baseline and OpenTelemetry servers; drainwatch adds "
+            f"baseline and OpenTelemetry servers, rounds spread over {SERVER_PROCESSES} "
+            f"server processes; drainwatch adds "
             f"{_added_text(statistics.median(added))} per call (interquartile range "
             f"{_quartile_text(added)}); OpenTelemetry's ratio in the same rounds is "
             f"{opentelemetry_ratio:.3f}"

@@ -67,25 +67,9 @@ def _finish(registry: Registry, stats: Stats, started: float | None, outcome: st
         _runtime.note_internal_error()
 
 
-def _sync_ended(registry: Registry, stats: Stats, started: float, context: Any) -> None:
-    """grpc's termination callback of a sync unary-response RPC whose handler returned.
-
-    The handler can no longer change the code, so it is read here, off the response path.
-    """
-    try:
-        code = context.code()
-        outcome = _inflight.OK if code is None or code == _OK else _inflight.ERROR
-        registry.finish(stats, started, outcome)
-    except Exception:
-        _runtime.note_internal_error()
-
-
 def _aio_ended(registry: Registry, stats: Stats, started: float, outcome: str, _: Any) -> None:
     """A ``grpc.aio`` context's done callback (grpc passes the context last)."""
-    try:
-        registry.finish(stats, started, outcome)
-    except Exception:
-        _runtime.note_internal_error()
+    _finish(registry, stats, started, outcome)
 
 
 def _sync_outcome(context: Any, raised: bool) -> str:
@@ -149,6 +133,7 @@ def _sync_server_unary(behavior: Behavior, registry: Registry, stats: Stats) -> 
     """``_sync_unary`` for the sync server: the count is closed in grpc's termination callback."""
     start = registry.start
     cut_short = _inflight.aborted_or_cancelled
+    ok, error = _inflight.OK, _inflight.ERROR
 
     def handler(request: Any, context: Any) -> Any:
         try:
@@ -161,17 +146,21 @@ def _sync_server_unary(behavior: Behavior, registry: Registry, stats: Stats) -> 
         except BaseException:
             _finish(registry, stats, started, _sync_outcome(context, True))
             raise
-        # Closed when grpc ends the RPC, after the response went out: off the response path,
-        # and the duration includes sending it. grpc refuses the callback once the RPC has
-        # ended, which before the response means the peer or a server stop cut it (grpc
-        # then sends nothing): that refusal stands in for an is_active() check, which costs
-        # as much again.
         try:
-            if context.add_callback(partial(_sync_ended, registry, stats, started, context)):
+            code = context.code()
+            outcome = ok if code is None or code == _OK else error
+            # Closed when grpc ends the RPC, after the response went out: off the response
+            # path, and the duration includes sending it. grpc refuses the callback once the
+            # RPC has ended, which before the response means the peer or a server stop cut
+            # it (grpc then sends nothing): that refusal stands in for an is_active() check,
+            # which would cost as much as the callback. The callback holds no reference to
+            # the context: whoever drops the last one frees grpc's call (several µs), and
+            # that belongs to this thread, not to the one serving the server's next events.
+            if context.add_callback(partial(_finish, registry, stats, started, outcome)):
                 return response
             outcome = cut_short()
         except Exception:
-            _runtime.note_internal_error()  # a context without add_callback(): not grpc's
+            _runtime.note_internal_error()  # a context without code()/add_callback(): not grpc's
             outcome = _sync_outcome(context, False)
         _finish(registry, stats, started, outcome)
         return response

@@ -871,6 +871,32 @@ def test_convenience_constructors_count_the_handlers_they_are_given() -> None:
     assert outcomes("unary_unary") == {"ok": 2}
 
 
+def test_a_generic_handler_of_ones_own_is_asked_on_every_rpc() -> None:
+    """A generic handler other than grpc's own dict of methods may answer differently from
+    one RPC to the next: ``server()`` asks it on every RPC, and counts what it answers."""
+    answers = [b"first", b"second"]
+
+    class Rotating(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, details: Any) -> Any:
+            if details.method != method("unary_unary"):
+                return None
+            answer = answers[0]
+            return grpc.unary_unary_rpc_method_handler(lambda request, context: answer)
+
+    with ThreadPoolExecutor(4) as pool:
+        server = drainwatch_grpc.server(pool, handlers=[Rotating()])
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(method("unary_unary"))
+            seen = [call(b"x", timeout=5.0)]
+            answers.pop(0)
+            seen.append(call(b"x", timeout=5.0))
+        server.stop(None).wait(5.0)
+    assert seen == [b"first", b"second"]
+    assert wait_until(lambda: outcomes("unary_unary") == {"ok": 2})
+
+
 def listing_of(item: bytes) -> Any:
     def listing(request: bytes, context: Any) -> Iterator[bytes]:
         yield item
