@@ -7,14 +7,13 @@ the value came from (flag, variable, or file:line), the setting, the rule and th
 from __future__ import annotations
 
 import ipaddress
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from drainwatch._endpoint import DEFAULT, Endpoint, EndpointError, parse_endpoint
 
-from .config_errors import ConfigError, fail
+from .config_errors import ConfigError, fail, parse_seconds
 from .outside_config import OUTSIDE_PARSERS, OutsideConfig, build_outside
 
 __all__ = [
@@ -27,6 +26,7 @@ __all__ = [
     "ListenAddress",
     "Source",
     "build_config",
+    "parse_seconds",
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:9469"
@@ -127,23 +127,6 @@ def parse_log_level(value: object, where: str) -> str:
     if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
         raise fail(where, "one of " + ", ".join(LOG_LEVELS), value)
     return value.lower()
-
-
-def parse_seconds(value: object, where: str, low: float = 1.0, high: float = 86_400.0) -> float:
-    number: object = value
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            number = value
-    if (
-        isinstance(number, bool)
-        or not isinstance(number, int | float)
-        or not math.isfinite(number)
-        or not low <= number <= high
-    ):
-        raise fail(where, f"a number of seconds from {low:g} to {high:g}", value)
-    return float(number)
 
 
 def parse_drain_budget(value: object, where: str) -> float:

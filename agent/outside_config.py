@@ -9,7 +9,6 @@ values into an ``OutsideConfig``; defaults are the dataclass defaults.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from drainwatch.collectors.probe_specs import (
 )
 from drainwatch.collectors.targets import parse_target_cmdline, parse_target_pid
 
-from .config_errors import ConfigError, fail
+from .config_errors import ConfigError, fail, parse_seconds
 from .pushgateway import DEFAULT_JOB, PushgatewayError, parse_job, parse_pushgateway_url
 from .state_dir import DEFAULT_KEEP
 
@@ -113,20 +112,7 @@ class OutsideConfig:
 
 def _seconds(low: float, high: float, fix: str = "") -> Callable[[object, str], float]:
     def check(value: object, where: str) -> float:
-        number: object = value
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                number = value
-        if (
-            isinstance(number, bool)
-            or not isinstance(number, int | float)
-            or not math.isfinite(number)
-            or not low <= number <= high
-        ):
-            raise fail(where, f"a number of seconds from {low:g} to {high:g}", value, fix)
-        return float(number)
+        return parse_seconds(value, where, low, high, fix)
 
     return check
 
