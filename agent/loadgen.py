@@ -15,14 +15,21 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class CallOutcome:
-    """What one client call ended with: ``OK`` or a gRPC status name / HTTP status."""
+    """What one client call ended with: ``OK`` or a gRPC status name / HTTP status, how long
+    it took, and when (Unix seconds) the client saw it end."""
 
     status: str
     seconds: float
+    ended_at: float
 
     @property
     def ok(self) -> bool:
         return self.status in ("OK", "200")
+
+    @classmethod
+    def ended(cls, status: str, started: float) -> CallOutcome:
+        """The outcome of a call started at ``started`` (``time.monotonic()``), ending now."""
+        return cls(status, time.monotonic() - started, time.time())
 
 
 async def wait_for_port(host: str, port: int, timeout: float = 20.0) -> bool:
@@ -97,8 +104,8 @@ class GrpcBurst(_Burst):
                 try:
                     await call(self.request, timeout=self.timeout)
                 except grpc.aio.AioRpcError as error:
-                    return CallOutcome(error.code().name, time.monotonic() - started)
-                return CallOutcome("OK", time.monotonic() - started)
+                    return CallOutcome.ended(error.code().name, started)
+                return CallOutcome.ended("OK", started)
 
             return list(await asyncio.gather(*(one() for _ in range(self.count))))
 
@@ -121,8 +128,8 @@ class HttpBurst(_Burst):
                 try:
                     async with session.get(self.url) as response:
                         await response.read()
-                        return CallOutcome(str(response.status), time.monotonic() - started)
+                        return CallOutcome.ended(str(response.status), started)
                 except (TimeoutError, aiohttp.ClientError) as error:
-                    return CallOutcome(type(error).__name__, time.monotonic() - started)
+                    return CallOutcome.ended(type(error).__name__, started)
 
             return list(await asyncio.gather(*(one() for _ in range(self.count))))
