@@ -81,35 +81,13 @@ def _apply(patch: Patch, module: ModuleType) -> None:
 # -- the patches -----------------------------------------------------------------------------
 
 
-def _with_interceptor(
-    original: Callable[..., Any], interceptor: Callable[[], Any], instrument: Callable[[Any], Any]
-) -> Callable[..., Any]:
-    """Wrap a server factory: prepend our interceptor, then instrument the server."""
-
-    @functools.wraps(original)
-    def factory(*args: Any, **kwargs: Any) -> Any:
-        if len(args) > 2:  # interceptors is the third positional parameter of both
-            args = (*args[:2], [interceptor(), *(args[2] or ())], *args[3:])
-        else:
-            kwargs["interceptors"] = [interceptor(), *(kwargs.get("interceptors") or ())]
-        server = original(*args, **kwargs)
-        instrument(server)
-        return server
-
-    return factory
-
-
 def patch_grpc(grpc: Any) -> None:
     from .integrations import grpc as integration
 
-    grpc.server = _with_interceptor(
-        grpc.server, integration.ServerInterceptor, integration.instrument_server
-    )
+    grpc.server = integration.counting_factory(grpc.server, aio=False)
     aio = getattr(grpc, "aio", None)
     if aio is not None:
-        aio.server = _with_interceptor(
-            aio.server, integration.AioServerInterceptor, integration.instrument_server
-        )
+        aio.server = integration.counting_factory(aio.server, aio=True)
 
 
 def _instrument_on_init(cls: Any, instrument: Callable[[Any], Any]) -> None:

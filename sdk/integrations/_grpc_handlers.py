@@ -67,11 +67,6 @@ def _finish(registry: Registry, stats: Stats, started: float | None, outcome: st
         _runtime.note_internal_error()
 
 
-def _aio_ended(registry: Registry, stats: Stats, started: float, outcome: str, _: Any) -> None:
-    """A ``grpc.aio`` context's done callback (grpc passes the context last)."""
-    _finish(registry, stats, started, outcome)
-
-
 def _sync_outcome(context: Any, raised: bool) -> str:
     """A sync server's RPC: its context knows whether the RPC is still alive, and its code."""
     try:
@@ -130,8 +125,8 @@ def _sync_unary(behavior: Behavior, registry: Registry, stats: Stats, outcome: O
 
 
 def _sync_server_unary(behavior: Behavior, registry: Registry, stats: Stats) -> Behavior:
-    """``_sync_unary`` for the sync server: the count is closed in grpc's termination callback."""
-    start = registry.start
+    """``_sync_unary`` for the sync server, reading how the RPC stands from grpc's own state."""
+    start, finish = registry.start, registry.finish
     cut_short = _inflight.aborted_or_cancelled
     ok, error = _inflight.OK, _inflight.ERROR
 
@@ -146,23 +141,25 @@ def _sync_server_unary(behavior: Behavior, registry: Registry, stats: Stats) -> 
         except BaseException:
             _finish(registry, stats, started, _sync_outcome(context, True))
             raise
+        # The count is closed here, before grpc sends the response. Asking the context
+        # (code(), is_active(), add_callback()) takes its condition on every call, which cost
+        # more than the whole count; two reads of the state it guards say the same without
+        # it: grpc drops the RPC's callback list once the RPC has ended, which before the
+        # response means a cancel, a deadline or a server stop cut it (grpc then sends
+        # nothing). A context laid out otherwise is asked through its public methods.
         try:
-            code = context.code()
-            outcome = ok if code is None or code == _OK else error
-            # Closed when grpc ends the RPC, after the response went out: off the response
-            # path, and the duration includes sending it. grpc refuses the callback once the
-            # RPC has ended, which before the response means the peer or a server stop cut
-            # it (grpc then sends nothing): that refusal stands in for an is_active() check,
-            # which would cost as much as the callback. The callback holds no reference to
-            # the context: whoever drops the last one frees grpc's call (several µs), and
-            # that belongs to this thread, not to the one serving the server's next events.
-            if context.add_callback(partial(_finish, registry, stats, started, outcome)):
-                return response
-            outcome = cut_short()
-        except Exception:
-            _runtime.note_internal_error()  # a context without code()/add_callback(): not grpc's
+            state = context._state
+            if state.callbacks is None:
+                outcome = cut_short()
+            else:
+                code = state.code
+                outcome = ok if code is None or code is _OK else error
+        except AttributeError:
             outcome = _sync_outcome(context, False)
-        _finish(registry, stats, started, outcome)
+        try:
+            finish(stats, started, outcome)
+        except Exception:
+            _runtime.note_internal_error()
         return response
 
     return handler
@@ -213,9 +210,13 @@ def _follow(
 
 
 def _aio_coroutine(behavior: Behavior, registry: Registry, stats: Stats) -> Behavior:
-    """Unary responses, and response streams written with ``context.write()``."""
+    """Unary responses, and response streams written with ``context.write()``.
+
+    The count is closed in the context's done callback, when grpc has ended the RPC: the
+    response goes out first, and the bookkeeping runs while the loop would wait for the
+    next request anyway. The status is read there too, once it is final.
+    """
     start = registry.start
-    ok, error = _inflight.OK, _inflight.ERROR
 
     async def handler(request: Any, context: Any) -> Any:
         try:
@@ -229,19 +230,17 @@ def _aio_coroutine(behavior: Behavior, registry: Registry, stats: Stats) -> Beha
             _finish(registry, stats, started, _aio_outcome(context, raised))
             raise
         try:
-            code = context.code()
+            context.add_done_callback(partial(_aio_ended, registry, stats, started))
         except Exception:
-            _runtime.note_internal_error()  # a context without code(): not grpc's
-            code = None
-        outcome = ok if code is None or code == _OK else error
-        # Closed when grpc ends the RPC, after the response went out: off the response path.
-        try:
-            context.add_done_callback(partial(_aio_ended, registry, stats, started, outcome))
-        except Exception:
-            _finish(registry, stats, started, outcome)
+            _finish(registry, stats, started, _aio_outcome(context, None))
         return response
 
     return handler
+
+
+def _aio_ended(registry: Registry, stats: Stats, started: float, context: Any) -> None:
+    """A ``grpc.aio`` context's done callback, for an RPC whose handler returned."""
+    _finish(registry, stats, started, _aio_outcome(context, None))
 
 
 def _aio_generator(behavior: Behavior, registry: Registry, stats: Stats) -> Behavior:

@@ -9,7 +9,8 @@
 
 Every RPC of the four kinds is counted, in the sync and the ``grpc.aio`` server alike,
 whatever the handler style (function, generator, coroutine, async generator,
-``context.read()``/``context.write()``). An RPC ends when its last response is sent: for a
+``context.read()``/``context.write()``). An RPC ends when its handler has produced its
+last response: for a unary response, when the handler returns it (grpc sends it next); for a
 response-streaming handler, when its iterator is exhausted or closed, not when the
 handler function returns. Outcomes: ``ok``; ``error`` (the handler raised or aborted, or
 set a non-OK code); ``cancelled`` (client cancellation or deadline); ``aborted_at_shutdown``
@@ -21,9 +22,10 @@ counted by whether it raised.
 
 ``server()`` and ``aio_server()`` count from the method handlers, instrumented once as
 they are registered, so nothing runs per RPC but the count itself; an interceptor goes
-through grpc's interceptor pipeline on every RPC first. ``instrument_server`` moves the
-count of a sync server whose last interceptor is a ``ServerInterceptor`` (as ``drainwatch
-run`` builds them) to its handlers the same way; ``grpc.aio`` offers no way to, so there
+through grpc's interceptor pipeline on every RPC first. ``counting_factory`` makes
+``grpc.server``/``grpc.aio.server`` build servers the same way (``drainwatch run`` installs
+it). ``instrument_server`` moves the count of a sync server whose last interceptor is a
+``ServerInterceptor`` to its handlers the same way; ``grpc.aio`` offers no way to, so there
 the interceptor keeps counting.
 
 ``instrument_server`` reports the server's listeners (opened on ``start``, stop started
@@ -55,6 +57,7 @@ __all__ = [
     "AioServerInterceptor",
     "ServerInterceptor",
     "aio_server",
+    "counting_factory",
     "instrument_health_servicer",
     "instrument_server",
     "server",
@@ -377,11 +380,12 @@ def server(
     interceptor runs per RPC. With some, a ``ServerInterceptor`` goes first, so that the
     RPCs they turn away are counted too.
     """
-    counter = None if interceptors else RegistrationCounter(aio=False)
+    _check_role(role)
+    counter, handlers, interceptors = _counting_arguments(False, handlers, interceptors)
     created = grpc.server(
         thread_pool,
-        handlers=_counted_handlers(handlers, counter),
-        interceptors=[ServerInterceptor(), *interceptors] if interceptors else None,
+        handlers=handlers,
+        interceptors=interceptors,
         options=options,
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
         compression=compression,
@@ -403,11 +407,12 @@ def aio_server(
 ) -> Any:
     """``grpc.aio.server(...)`` that counts every RPC, as ``server()`` does (with an
     ``AioServerInterceptor`` first only if ``interceptors`` are given), then instrumented."""
-    counter = None if interceptors else RegistrationCounter(aio=True)
+    _check_role(role)
+    counter, handlers, interceptors = _counting_arguments(True, handlers, interceptors)
     created = grpc.aio.server(
         migration_thread_pool,
-        handlers=_counted_handlers(handlers, counter),
-        interceptors=[AioServerInterceptor(), *interceptors] if interceptors else None,
+        handlers=handlers,
+        interceptors=interceptors,
         options=options,
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
         compression=compression,
@@ -415,16 +420,82 @@ def aio_server(
     return _instrument_built(created, role, name_prefix, counter)
 
 
-def _counted_handlers(handlers: Any, counter: RegistrationCounter | None) -> Any:
-    return handlers if handlers is None or counter is None else counter.generic(handlers)
+def counting_factory(factory: Callable[..., T], *, aio: bool) -> Callable[..., T]:
+    """``factory`` (``grpc.server`` or ``grpc.aio.server``, same signature) made to build
+    servers that count every RPC as ``server()``/``aio_server()`` do, and that report their
+    listeners. What ``drainwatch run`` installs. The servers are the factory's own; if
+    drainwatch cannot take part, the factory's arguments reach it untouched."""
+
+    @functools.wraps(factory)
+    def build(*args: Any, **kwargs: Any) -> T:
+        try:
+            counter, counted_args, counted_kwargs = _counting_call(aio, args, kwargs)
+        except Exception:
+            _runtime.note_internal_error()
+            return factory(*args, **kwargs)
+        created = factory(*counted_args, **counted_kwargs)
+        try:
+            return _instrument_built(created, None, "grpc", counter)  # type: ignore[no-any-return]
+        except Exception:
+            _runtime.note_internal_error()
+            return created
+
+    return build
+
+
+# ``handlers`` and ``interceptors``: the second and third parameters of both factories.
+_HANDLERS_POSITION: Final = 1
+_INTERCEPTORS_POSITION: Final = 2
+
+
+def _counting_call(
+    aio: bool, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[RegistrationCounter | None, tuple[Any, ...], dict[str, Any]]:
+    """A factory call's arguments rewritten by ``_counting_arguments``."""
+    positional = list(args)
+    kwargs = dict(kwargs)
+
+    def take(position: int, name: str) -> Any:
+        return positional[position] if len(positional) > position else kwargs.pop(name, None)
+
+    def put(position: int, name: str, value: Any) -> None:
+        if len(positional) > position:
+            positional[position] = value
+        elif value is not None:
+            kwargs[name] = value
+
+    handlers = take(_HANDLERS_POSITION, "handlers")
+    interceptors = take(_INTERCEPTORS_POSITION, "interceptors")
+    counter, handlers, interceptors = _counting_arguments(aio, handlers, interceptors)
+    put(_HANDLERS_POSITION, "handlers", handlers)
+    put(_INTERCEPTORS_POSITION, "interceptors", interceptors)
+    return counter, tuple(positional), kwargs
+
+
+def _counting_arguments(
+    aio: bool, handlers: Any, interceptors: Any
+) -> tuple[RegistrationCounter | None, Any, Any]:
+    """(counter, handlers, interceptors) for a server that counts every RPC: from its
+    handlers when it has no interceptor (the counter instruments those registered later),
+    else through an interceptor placed first (no counter)."""
+    if interceptors:
+        first = AioServerInterceptor() if aio else ServerInterceptor()
+        return None, handlers, [first, *interceptors]
+    counter = RegistrationCounter(aio=aio)
+    counted = handlers if handlers is None else counter.generic(handlers)
+    return counter, counted, interceptors
 
 
 def _instrument_built(
     server: Any, role: str | None, name_prefix: str, counter: RegistrationCounter | None
 ) -> Any:
+    known = getattr(server, _LISTENERS_ATTRIBUTE, None)
+    if isinstance(known, _Listeners):  # built by a factory that counts already
+        if role is not None:
+            known.role = role
+        return server
     if counter is None:  # counted by the interceptor the server was built with
         return instrument_server(server, role=role, name_prefix=name_prefix)
-    _check_role(role)
     return _instrument(server, role, name_prefix, counter)
 
 

@@ -39,12 +39,13 @@ _FACTORIES: Final = {
     "stream_unary": grpc.stream_unary_rpc_method_handler,
     "stream_stream": grpc.stream_stream_rpc_method_handler,
 }
-SYNC_WAYS: Final = ("interceptor", "adopted", "constructor", "registered")
+SYNC_WAYS: Final = ("interceptor", "adopted", "constructor", "registered", "factory")
 """How a sync server is counted: a ``ServerInterceptor`` in grpc's pipeline; the same, then
 ``instrument_server`` (which moves the count from the interceptor to the handlers);
 ``drainwatch_grpc.server()`` with a generic handler; the same with registered method
-handlers, as generated code adds them."""
-AIO_WAYS: Final = ("interceptor", "constructor", "registered")
+handlers, as generated code adds them; ``grpc.server`` wrapped by ``counting_factory``, as
+``drainwatch run`` wraps it, with a generic handler registered after it was built."""
+AIO_WAYS: Final = ("interceptor", "constructor", "registered", "factory")
 """The same for ``grpc.aio``, whose interceptors ``instrument_server`` cannot move."""
 Behaviors = dict[str, Callable[..., Any]]
 Record = dict[str, Any]
@@ -169,6 +170,9 @@ def sync_server(
     pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="grpc-test")
     if instrumented and way in ("constructor", "registered"):
         server = drainwatch_grpc.server(pool, interceptors=list(interceptors))
+    elif instrumented and way == "factory":
+        build = drainwatch_grpc.counting_factory(grpc.server, aio=False)
+        server = build(pool, None, list(interceptors) or None)
     else:
         chain = [ServerInterceptor(), *interceptors] if instrumented else list(interceptors)
         server = grpc.server(pool, interceptors=chain)
@@ -223,6 +227,8 @@ async def aio_server(
     ``way`` (or not at all), and a channel to it."""
     if instrumented and way in ("constructor", "registered"):
         server = drainwatch_grpc.aio_server(thread_pool)
+    elif instrumented and way == "factory":
+        server = drainwatch_grpc.counting_factory(grpc.aio.server, aio=True)(thread_pool)
     else:
         server = grpc.aio.server(
             thread_pool, interceptors=[AioServerInterceptor()] if instrumented else None

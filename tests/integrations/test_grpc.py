@@ -871,6 +871,53 @@ def test_convenience_constructors_count_the_handlers_they_are_given() -> None:
     assert outcomes("unary_unary") == {"ok": 2}
 
 
+def test_counting_factory_passes_arguments_through_and_adds_no_interceptor_unless_asked() -> None:
+    """``counting_factory`` (what ``drainwatch run`` installs) hands grpc every argument it
+    was given, positional or keyword; with no interceptors the server's pipeline stays
+    empty (the handlers count), with some ours goes first; wrapping twice counts once."""
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def recording_factory(*args: Any, **kwargs: Any) -> Any:
+        calls.append((args, kwargs))
+        return grpc.server(*args, **kwargs)
+
+    build = drainwatch_grpc.counting_factory(recording_factory, aio=False)
+    twice = drainwatch_grpc.counting_factory(build, aio=False)
+    with ThreadPoolExecutor(4) as pool:
+        plain = twice(pool, options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=7)
+        assert calls[-1][0] == (pool,)
+        assert calls[-1][1] == {"options": [("grpc.so_reuseport", 0)], "maximum_concurrent_rpcs": 7}
+        assert plain._state.interceptor_pipeline is None
+        assert plain._state.maximum_concurrent_rpcs == 7
+
+        class Recording(grpc.ServerInterceptor):  # type: ignore[misc]
+            def intercept_service(self, continuation: Any, details: Any) -> Any:
+                return continuation(details)
+
+        theirs = Recording()
+        intercepted = build(pool, None, [theirs])
+        interceptors = intercepted._state.interceptor_pipeline.interceptors
+        assert isinstance(interceptors[0], drainwatch_grpc.ServerInterceptor)
+        assert interceptors[1:] == (theirs,)
+
+        plain.add_generic_rpc_handlers((generic_handler(sync_behaviors()),))
+        port = plain.add_insecure_port("127.0.0.1:0")
+        plain.start()
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert channel.unary_unary(method("unary_unary"))(b"ab", timeout=5.0) == b"ba!"
+        plain.stop(None).wait(5.0)
+        intercepted.stop(None).wait(5.0)
+    assert wait_until(lambda: outcomes("unary_unary") == {"ok": 1})
+    assert listener(f"grpc:{port}") is not None
+
+
+def test_counting_factory_leaves_grpcs_own_errors_to_grpc() -> None:
+    """A factory call grpc refuses raises grpc's own error, unchanged."""
+    build = drainwatch_grpc.counting_factory(grpc.server, aio=False)
+    with pytest.raises(TypeError):
+        build()  # grpc.server() without its thread pool
+
+
 def test_a_generic_handler_of_ones_own_is_asked_on_every_rpc() -> None:
     """A generic handler other than grpc's own dict of methods may answer differently from
     one RPC to the next: ``server()`` asks it on every RPC, and counts what it answers."""
