@@ -516,17 +516,21 @@ def test_aio_client_cancelling_a_stream_mid_way_counts_as_cancelled(style: str, 
     handler_saw: list[str] = []
 
     async def generator(request: bytes, context: Any) -> AsyncIterator[bytes]:
-        yield b"1"
+        # Cut while grpc still sends the first item, the generator is closed at its yield
+        # (GeneratorExit); cut later, it is cancelled in its sleep.
         try:
+            yield b"1"
             await asyncio.sleep(30)
-        except asyncio.CancelledError:
+            yield b"2"
+        except (asyncio.CancelledError, GeneratorExit):
             handler_saw.append("cancelled")
             raise
-        yield b"2"
 
     async def writer(request: bytes, context: Any) -> None:
-        await context.write(b"1")
+        # The client may read the item before write() has returned here: the cancellation
+        # can land in either await.
         try:
+            await context.write(b"1")
             await asyncio.sleep(30)
         except asyncio.CancelledError:
             handler_saw.append("cancelled")
