@@ -10,7 +10,7 @@ drawn in a last column).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from .page_html import clip, esc, items, number, seconds, text
@@ -36,14 +36,19 @@ def topology_of(state_service: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return found
 
 
-def stop_levels(components: list[Mapping[str, Any]]) -> list[list[str]]:
+def _depends_on(component: Mapping[str, Any]) -> list[str]:
+    found = component.get("depends_on")
+    return [name for name in found if isinstance(name, str)] if isinstance(found, list) else []
+
+
+def stop_levels(components: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     """Component names in stop order, as columns; the unplaceable ones in a last column."""
     names = [text(c.get("name"), "?") for c in components]
     roles = {text(c.get("name"), "?"): text(c.get("role"), "business") for c in components}
     dependents: dict[str, set[str]] = {name: set() for name in names}
     for component in components:
-        for dependency in component.get("depends_on") or []:
-            if isinstance(dependency, str) and dependency in dependents:
+        for dependency in _depends_on(component):
+            if dependency in dependents:
                 dependents[dependency].add(text(component.get("name"), "?"))
     levels: list[list[str]] = []
     stopped: set[str] = set()
@@ -87,8 +92,8 @@ def topology_svg(
     edges = []
     for component in components:
         source = text(component.get("name"), "?")
-        for dependency in component.get("depends_on") or []:
-            if not isinstance(dependency, str) or dependency not in place:
+        for dependency in _depends_on(component):
+            if dependency not in place:
                 continue
             (x1, y1), (x2, y2) = place[source], place[dependency]
             edges.append(

@@ -72,7 +72,7 @@ def tick_label(at: float, step: float) -> str:
     if abs(at) < step / 1000:
         return "0"
     sign = "+" if at > 0 else "\u2212"
-    if step < 1.0:
+    if step < 1.0 and abs(at) < 1.0:
         digits = max(0, -math.floor(math.log10(step * 1000)))
         return f"{sign}{abs(at) * 1000:.{digits}f} ms"
     digits = max(0, -math.floor(math.log10(step)))
