@@ -1,5 +1,5 @@
-"""The agent's HTTP surface: /metrics, /healthz, /readyz and the read-only JSON API
-(``/api/v1/state``, ``/api/v1/report``).
+"""The agent's HTTP surface: /metrics, /healthz, /readyz, the read-only JSON API
+(``/api/v1/state``, ``/api/v1/report``) and the status page at ``/`` (``status_page.py``).
 
 Scrapes are rendered in a worker thread so a large exposition never stalls ingest on the
 event loop. Only GET (and HEAD) exist; everything is read-only.
