@@ -69,6 +69,7 @@
   }
 
   let timer = null;
+  let fetching = false;
 
   function schedule() {
     const main = document.getElementById("content");
@@ -79,7 +80,8 @@
 
   async function refresh() {
     timer = null;
-    if (document.hidden) { schedule(); return; }
+    if (document.hidden || fetching) { if (!fetching) schedule(); return; }
+    fetching = true;
     try {
       const response = await fetch(window.location.pathname + window.location.search, {
         cache: "no-store", credentials: "same-origin",
@@ -108,11 +110,12 @@
       const live = document.getElementById("live");
       if (live) live.textContent = "agent unreachable, retrying";
     }
+    fetching = false;
     schedule();
   }
 
   document.addEventListener("visibilitychange", function () {
-    if (!document.hidden && timer === null) refresh();
+    if (!document.hidden && timer === null && !fetching) refresh();
   });
   wireTables(document);
   schedule();

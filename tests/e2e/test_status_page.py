@@ -56,6 +56,30 @@ HOSTILE_TARGET = f"""
             pass
     drainwatch.flush()
 """
+COORDINATED = "orders-coordinated"
+COORDINATED_TARGET = """
+    import asyncio
+
+    import drainwatch
+
+
+    async def stopped() -> None:
+        await asyncio.sleep(0.05)
+
+
+    async def main() -> None:
+        coordinator = drainwatch.ShutdownCoordinator(propagation_wait=0.1, cancel_tasks=False)
+        coordinator.add("health", stopped, role="health")
+        coordinator.add("db", stopped)
+        coordinator.add("grpc", stopped, depends_on=["db"])
+        coordinator.add("worker", stopped, depends_on=["db"])
+        coordinator.install()
+        await coordinator.shutdown()
+        drainwatch.flush()
+
+
+    asyncio.run(main())
+"""
 
 
 @dataclass
@@ -123,6 +147,8 @@ def site() -> Iterator[Site]:
     try:
         hostile = run_target(HOSTILE_TARGET, agent.endpoint, service=HOSTILE)
         assert hostile.returncode == 0, hostile.stderr
+        coordinated = run_target(COORDINATED_TARGET, agent.endpoint, service=COORDINATED)
+        assert coordinated.returncode == 0, coordinated.stderr
         asyncio.run(asyncio.wait_for(_drain(agent, BROKEN, "broken", 2500), 90))
         report = _complete_report(agent, BROKEN)
         assert {v["rule"] for v in report["violations"]} >= BROKEN_RULES, report
@@ -310,3 +336,21 @@ def _watch_page(url: str, service: str) -> None:
         assert page.locator("#content").get_attribute("data-refresh-ms") == "1000"
         page.wait_for_selector(f'{section}[data-phase="stopped"] .badge.verdict.ok', timeout=30_000)
         assert page.evaluate("window.notReloaded") is True
+
+
+def test_the_shutdown_topology_is_drawn_in_stop_order(site: Site) -> None:
+    """A real ShutdownCoordinator's components: users of db left of db, health last, each
+    node with its stop time from the shutdown it ran."""
+    with chromium() as browser:
+        page = browser.new_page(viewport=DESKTOP)
+        _open(page, site.agent.url + "/")
+        picture = _service(page, COORDINATED).locator("section.topology svg.topology")
+        nodes = picture.locator("g.node")
+        assert nodes.count() == 4
+        x = {
+            name: float(nodes.filter(has_text=name).locator("rect").get_attribute("x") or "nan")
+            for name in ("grpc", "worker", "db", "health")
+        }
+        assert x["grpc"] == x["worker"] < x["db"] < x["health"]
+        assert picture.locator("line.edge").count() == 2
+        assert picture.locator("g.node.state-ok").count() == 4
