@@ -9,7 +9,7 @@ first termination signal, or from the first shutdown event when no signal was se
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from .shutdown_facts import (
@@ -36,6 +36,8 @@ STEP: Final = "step"
 LISTENER: Final = "listener"
 EXIT: Final = "exit"
 KILLED: Final = "killed"
+# In-flight points kept in a report from this long before the shutdown began.
+SERIES_LEAD_SECONDS: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,8 @@ class RequestCounts:
     started_during_drain: int
     outcomes: Mapping[str, int]
     at_shutdown: Mapping[str, int] | None
+    # (Unix seconds, active) as the agent received them; a report keeps the shutdown's window
+    series: tuple[tuple[float, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,7 @@ def snapshot(service: str, instance: Instance, forgotten: bool = False) -> Insta
             method.started_during_drain,
             dict(method.outcomes),
             None if baseline is None else baseline.get((protocol, method.method), {}),
+            tuple((at, active) for at, active in method.series),
         )
         for (protocol, _), method in sorted(instance.inflight.items())
     )
@@ -239,6 +244,7 @@ class DrainReport:
                     "active": request.active,
                     "started_during_drain": request.started_during_drain,
                     "outcomes": dict(request.outcomes),
+                    "inflight_series": [[at, active] for at, active in request.series],
                 }
                 for request in self.requests
             ],
@@ -335,10 +341,28 @@ def _waterfall(facts: ProcessFacts) -> list[WaterfallStep]:
     return rows
 
 
-def _during_shutdown(request: RequestCounts) -> RequestCounts:
+def _series_window(
+    series: tuple[tuple[float, int], ...], origin: float | None, end: float
+) -> tuple[tuple[float, int], ...]:
+    """The points from a little before the shutdown began to its end; the count at the
+    window's start is carried onto it."""
+    if origin is None:
+        return ()
+    since = origin - SERIES_LEAD_SECONDS
+    window = [(at, active) for at, active in series if since <= at <= end]
+    before = [active for at, active in series if at < since]
+    if before and (not window or window[0][0] > since):
+        window.insert(0, (since, before[-1]))
+    return tuple(window)
+
+
+def _during_shutdown(
+    request: RequestCounts, origin: float | None = None, end: float = 0.0
+) -> RequestCounts:
     baseline = request.at_shutdown
+    series = _series_window(request.series, origin, end)
     if baseline is None:
-        return request
+        return replace(request, series=series)
     outcomes = {
         outcome: max(0, request.outcomes.get(outcome, 0) - baseline.get(outcome, 0))
         for outcome in OUTCOMES
@@ -350,6 +374,7 @@ def _during_shutdown(request: RequestCounts) -> RequestCounts:
         request.started_during_drain,
         outcomes,
         None,
+        series,
     )
 
 
@@ -365,7 +390,7 @@ def build_report(snap: InstanceSnapshot, budget: float, now: float) -> DrainRepo
         drain_end = float(drain["finished"])
     end = ended if ended is not None else now
     counted = inflight_at_exit(facts)
-    requests = tuple(_during_shutdown(request) for request in snap.requests)
+    requests = tuple(_during_shutdown(request, origin, end) for request in snap.requests)
     requests = tuple(
         request
         for request in requests

@@ -1,5 +1,5 @@
-"""The agent's HTTP surface: /metrics, /healthz, /readyz and the read-only JSON API
-(``/api/v1/state``, ``/api/v1/report``).
+"""The agent's HTTP surface: /metrics, /healthz, /readyz, the read-only JSON API
+(``/api/v1/state``, ``/api/v1/report``) and the status page at ``/`` (``status_page.py``).
 
 Scrapes are rendered in a worker thread so a large exposition never stalls ingest on the
 event loop. Only GET (and HEAD) exist; everything is read-only.
@@ -15,11 +15,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from .query_params import query_error as _query_error
 from .report_store import DrainReports
 from .state import State
 from .state_json import state_document
+from .status_page import add_page_routes
 
-_MAX_QUERY_VALUE = 256
 _STATE_PARAMETERS = frozenset({"service"})
 _REPORT_PARAMETERS = frozenset({"service", "all"})
 _FLAGS = {"1": True, "true": True, "0": False, "false": False}
@@ -59,23 +60,6 @@ async def readyz(request: web.Request) -> web.Response:
     return web.Response(text="ingest is not listening yet\n", status=503)
 
 
-def _query_error(request: web.Request, known: frozenset[str]) -> str | None:
-    """Why the query string is refused, or None: unknown, repeated or oversized values."""
-    unknown = sorted(set(request.query) - known)
-    if unknown:
-        return (
-            f"unknown query parameter {unknown[0][:_MAX_QUERY_VALUE]!r}; "
-            f"this endpoint takes: {', '.join(sorted(known))}"
-        )
-    for name in sorted(known):
-        values = request.query.getall(name, [])
-        if len(values) > 1:
-            return f'"{name}" may be given once'
-        if values and not 0 < len(values[0]) <= _MAX_QUERY_VALUE:
-            return f'"{name}" must be 1 to {_MAX_QUERY_VALUE} characters'
-    return None
-
-
 async def api_state(request: web.Request) -> web.Response:
     error = _query_error(request, _STATE_PARAMETERS)
     if error is not None:
@@ -103,19 +87,6 @@ async def api_report(request: web.Request) -> web.Response:
     return web.json_response(document, dumps=lambda value: json.dumps(value, indent=1))
 
 
-async def index(request: web.Request) -> web.Response:
-    return web.Response(
-        text=(
-            "drainwatch agent\n\n"
-            "/metrics        Prometheus exposition (OpenMetrics when asked)\n"
-            "/api/v1/state   everything the agent knows, as JSON (?service=NAME)\n"
-            "/api/v1/report  drain reports: latest per service (?service=NAME, ?all=1)\n"
-            "/healthz        liveness\n"
-            "/readyz         readiness: ingest is listening\n"
-        )
-    )
-
-
 def _nothing() -> None:
     return None
 
@@ -135,7 +106,7 @@ def build_app(
     app[REGISTRY_KEY] = registry
     app[READY_KEY] = ready
     app[SCRAPED_KEY] = scraped if scraped is not None else _nothing
-    app.router.add_get("/", index)
+    add_page_routes(app, state, app[REPORTS_KEY])
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

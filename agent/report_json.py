@@ -119,7 +119,24 @@ def _request(item: Mapping[str, Any], where: str) -> RequestCounts:
         ),
         outcomes=_counts(item.get("outcomes"), f"{where}.outcomes"),
         at_shutdown=None,
+        series=_series(item.get("inflight_series"), f"{where}.inflight_series"),
     )
+
+
+def _series(value: object, where: str) -> tuple[tuple[float, int], ...]:
+    """``[[at, active], ...]``; absent in reports saved before the series existed."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > _MAX_ITEMS:
+        raise ReportFormatError(f"{where}: expected a list of [time, count] pairs")
+    points: list[tuple[float, int]] = []
+    for index, point in enumerate(value):
+        if not isinstance(point, list) or len(point) != 2:
+            raise ReportFormatError(f"{where}[{index}]: expected a [time, count] pair")
+        points.append(
+            (_number(point[0], f"{where}[{index}][0]"), _whole(point[1], f"{where}[{index}][1]"))
+        )
+    return tuple(points)
 
 
 def _violation(item: Mapping[str, Any], where: str) -> Violation:

@@ -14,6 +14,8 @@ from typing import Any
 
 from drainwatch._histogram import WAIT_BUCKETS
 
+from .inflight_series import InflightSeries
+
 PHASES = ("running", "signalled", "draining", "stopping", "stopped")
 OUTCOMES = ("ok", "error", "cancelled", "aborted_at_shutdown", "rejected_draining")
 _SET_ONCE = ("exited", "exit_code", "inflight_at_exit")
@@ -30,6 +32,8 @@ class InflightMethod:
     outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     # bucket counts (non-cumulative, +Inf last), then sum
     duration: list[float] = field(default_factory=lambda: [0.0] * (len(WAIT_BUCKETS) + 2))
+    # ``active`` over time, as the agent received it (status page, drain report)
+    series: InflightSeries = field(default_factory=InflightSeries)
 
     def merge(self, record: dict[str, Any]) -> None:
         self.active = record["active"]

@@ -208,6 +208,7 @@ class State:
             if method is None:
                 method = instance.inflight[key] = InflightMethod(*key)
         method.merge(record)
+        method.series.observe(self._wall_clock(), method.active)
 
     def _service(self, raw_name: str | None) -> Service:
         name = self._label(raw_name or self.default_service)

@@ -56,6 +56,8 @@ def _instance(instance: Instance) -> dict[str, Any]:
                 "active": method.active,
                 "started_during_drain": method.started_during_drain,
                 "outcomes": dict(method.outcomes),
+                # [[Unix seconds, active], ...], bounded (agent/inflight_series.py)
+                "inflight_series": method.series.points(),
             }
             for _, method in sorted(instance.inflight.items())
         ],
