@@ -321,6 +321,7 @@ def _agents_row(board: dash.Dashboard) -> dash.Dashboard:
                     options={"excludeByName": {"Time": True, "Value": True, "__name__": True}},
                 )
             )
+            .unit("short")
             .height(8)
             .span(12)
         )
@@ -345,6 +346,7 @@ def _agents_row(board: dash.Dashboard) -> dash.Dashboard:
                     options={"excludeByName": {"Time": True, "Value": True}},
                 )
             )
+            .unit("short")
             .height(8)
             .span(6)
         )

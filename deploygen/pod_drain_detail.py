@@ -88,6 +88,7 @@ def _lanes(title: str, description: str, expr: str, legend: str) -> statetimelin
         .show_value(common.VisibilityMode.NEVER)
         .merge_values(True)
         .fill_opacity(80)
+        .unit("none")
         .height(8)
         .span(12)
     )
@@ -154,6 +155,7 @@ def _summary_row(board: dash.Dashboard) -> dash.Dashboard:
                 "Whether a process of the target is alive now.",
                 f"max(drainwatch_target_up{{{SEL}}})",
             )
+            .unit("none")
             .mappings(state_mapping(("running", GREEN), ("exited", "blue")))
             .thresholds(thresholds((None, "blue")))
         )
