@@ -305,8 +305,10 @@ def _agents_row(board: dash.Dashboard) -> dash.Dashboard:
         .with_panel(
             table.Panel()
             .title("drainwatch alerts firing")
-            .description("Alerts of alerts/drainwatch.rules.yaml firing now; runbooks in "
-                         "docs/runbooks/<alertname>.md.")
+            .description(
+                "Alerts of alerts/drainwatch.rules.yaml firing now; runbooks in "
+                "docs/runbooks/<alertname>.md."
+            )
             .datasource(DATASOURCE)
             .with_target(
                 query(
@@ -407,9 +409,7 @@ def build() -> dict[str, Any]:
             )
         )
         .link(
-            dashboard_link(
-                "Pod drain detail", POD_DETAIL_UID, "One pod's shutdown, step by step"
-            )
+            dashboard_link("Pod drain detail", POD_DETAIL_UID, "One pod's shutdown, step by step")
         )
     )
     for add_row in (_fleet_row, _drains_row, _channels_row, _agents_row):

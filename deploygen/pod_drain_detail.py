@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from grafana_foundation_sdk.builders import stat, statetimeline, table, timeseries
 from grafana_foundation_sdk.builders import dashboard as dash
+from grafana_foundation_sdk.builders import stat, statetimeline, table, timeseries
 from grafana_foundation_sdk.builders.common import (
     GraphThresholdsStyleConfig,
     ReduceDataOptions,
@@ -176,9 +176,7 @@ def _waterfall_row(board: dash.Dashboard) -> dash.Dashboard:
         .with_target(query(f"{STEP_FINISHED} - {ORIGIN}", table=True, ref="B"))
         .with_target(query(f"{STEP_FINISHED} - {STEP_STARTED}", table=True, ref="C"))
         .transformations(
-            merge_and_rename(
-                {"Value #A": "starts at", "Value #B": "ends at", "Value #C": "took"}
-            )
+            merge_and_rename({"Value #A": "starts at", "Value #B": "ends at", "Value #C": "took"})
         )
         .sort_by([TableSortByFieldState().display_name("starts at")])
         .unit("s")
@@ -218,9 +216,12 @@ def _waterfall_row(board: dash.Dashboard) -> dash.Dashboard:
         .span(6)
         .height(10)
     )
-    return board.with_row(dash.Row("Waterfall")).with_panel(step_table).with_panel(
-        listener_closes
-    ).with_panel(phases)
+    return (
+        board.with_row(dash.Row("Waterfall"))
+        .with_panel(step_table)
+        .with_panel(listener_closes)
+        .with_panel(phases)
+    )
 
 
 def _traffic_row(board: dash.Dashboard) -> dash.Dashboard:
@@ -390,8 +391,7 @@ def _runtime_row(board: dash.Dashboard) -> dash.Dashboard:
             )
             .with_target(
                 query(
-                    "topk(20, max by (task, reason) "
-                    f"(drainwatch_task_blocked_seconds{{{SEL}}}))",
+                    f"topk(20, max by (task, reason) (drainwatch_task_blocked_seconds{{{SEL}}}))",
                     table=True,
                 )
             )

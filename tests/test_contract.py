@@ -160,7 +160,9 @@ def test_real_agent_exports_exactly_the_documented_metrics(tmp_path: Path) -> No
 def _queried_metrics(text: str) -> set[str]:
     # Not inside a recorded name (level:drainwatch_metric:operation): those are checked
     # against the rules that record them (tests/deploy/test_queries.py).
-    return set(re.findall(r"(?<![:\w])(drainwatch_[a-z_]+?)(?:_bucket|_sum|_count)?(?![:\w])", text))
+    return set(
+        re.findall(r"(?<![:\w])(drainwatch_[a-z_]+?)(?:_bucket|_sum|_count)?(?![:\w])", text)
+    )
 
 
 def test_dashboards_and_alerts_query_only_documented_metrics() -> None:

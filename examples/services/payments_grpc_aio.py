@@ -111,4 +111,6 @@ if __name__ == "__main__":
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--propagation", type=float, default=0.5)
     args = parser.parse_args()
-    asyncio.run(main(args.host, args.port, args.health_port, args.shutdown, args.grace, args.propagation))
+    asyncio.run(
+        main(args.host, args.port, args.health_port, args.shutdown, args.grace, args.propagation)
+    )

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.promql import RULES, ROOT, rules
+from tests.deploy.promql import ROOT, RULES, rules
 
 RULE_TESTS = sorted((ROOT / "alerts" / "tests").glob("*.yaml"))
 SEVERITIES = {"critical", "warning", "info"}

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tests.deploy.promql import ROOT
+from tests.processes import short_tmpdir
 
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 IMAGE_VENV = "/opt/drainwatch"
@@ -59,7 +60,11 @@ def test_hadolint_flags_a_root_image_with_an_unpinned_base(tmp_path: Path) -> No
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python\nRUN pip install drainwatch\n")
     result = subprocess.run(
-        [str(HADOLINT), "--no-color", str(bad)], capture_output=True, text=True, timeout=60, check=False
+        [str(HADOLINT), "--no-color", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode != 0 and "DL3006" in result.stdout
 
@@ -103,7 +108,9 @@ def test_the_images_commands_install_a_working_agent_with_pyspy(tmp_path: Path) 
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     for folder in ("sdk", "agent", "collectors"):
-        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
     venv = tmp_path / "venv"
     env = {
         **os.environ,
@@ -131,9 +138,11 @@ def test_the_images_commands_install_a_working_agent_with_pyspy(tmp_path: Path) 
 
 
 def _start_agent_as_the_image_does(venv: Path, tmp_path: Path) -> None:
-    configmap = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "agent-configmap.yaml").read_text())
+    configmap = yaml.safe_load(
+        (ROOT / "deploy" / "kubernetes" / "agent-configmap.yaml").read_text()
+    )
     settings = configmap["data"]["agent.yaml"]
-    socket_dir = Path(tempfile_short())
+    socket_dir = Path(short_tmpdir())
     for image_path, local in (
         ("/run/drainwatch", socket_dir),
         ("/var/lib/drainwatch", tmp_path / "state"),
@@ -163,12 +172,6 @@ def _start_agent_as_the_image_does(venv: Path, tmp_path: Path) -> None:
         agent.terminate()
         agent.wait(15)
         shutil.rmtree(socket_dir, ignore_errors=True)
-
-
-def tempfile_short() -> str:
-    from tests.processes import short_tmpdir
-
-    return short_tmpdir()
 
 
 def _listening_url(log: Path, agent: subprocess.Popen[bytes]) -> str:

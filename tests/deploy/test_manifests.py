@@ -14,17 +14,21 @@ from typing import Any
 import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as operator
-from deploygen.outputs import DASHBOARDS_CONFIGMAP, PROMETHEUS_RULE, generate, stale
 from drainwatch.agent.cli import build_parser, load_config
+from pydantic import BaseModel
 
-from tests.deploy.promql import RULES, ROOT
+from deploygen.outputs import DASHBOARDS_CONFIGMAP, PROMETHEUS_RULE, generate, stale
+from tests.deploy.promql import ROOT, RULES
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 MANIFESTS = sorted(path for path in KUBERNETES.glob("*.yaml") if path.name != "kustomization.yaml")
 # The oldest release the example supports (preStop sleep) and the newest kubernetes-validate
 # knows.
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
-OPERATOR_KINDS = {"PodMonitor": operator.PodMonitor, "PrometheusRule": operator.PrometheusRule}
+OPERATOR_KINDS: dict[str, type[BaseModel]] = {
+    "PodMonitor": operator.PodMonitor,
+    "PrometheusRule": operator.PrometheusRule,
+}
 SPARE_SECONDS = 5
 
 
@@ -45,7 +49,15 @@ def agent_settings() -> dict[str, Any]:
 
 def validate(version: str, *paths: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "kubernetes_validate", "--strict", "--kubernetes-version", version, *map(str, paths)],
+        [
+            sys.executable,
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--kubernetes-version",
+            version,
+            *map(str, paths),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -152,7 +164,9 @@ def test_the_socket_volume_is_shared_and_matches_both_ends() -> None:
     """Both containers mount the socket volume where the app's DRAINWATCH_ENDPOINT and the
     agent's ingest point, and the agent's state dir is a volume of its own."""
     agent, app = _containers()
-    mounts = {c["name"]: {m["name"]: m["mountPath"] for m in c["volumeMounts"]} for c in (agent, app)}
+    mounts = {
+        c["name"]: {m["name"]: m["mountPath"] for m in c["volumeMounts"]} for c in (agent, app)
+    }
     assert mounts["drainwatch"]["drainwatch-socket"] == mounts["app"]["drainwatch-socket"]
     endpoint = next(e["value"] for e in app["env"] if e["name"] == "DRAINWATCH_ENDPOINT")
     assert agent_settings()["ingest"] == [endpoint]

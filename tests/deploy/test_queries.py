@@ -41,7 +41,7 @@ def test_the_lexer_finds_selectors_but_not_functions_labels_or_durations() -> No
     """Selectors come out with their matchers; functions, label lists, offsets do not."""
     expr = (
         'sum by (namespace, le) (rate(x_bucket{a="1", b=~"2|3"}[5m] offset 10m)) '
-        "/ on (namespace) group_left (pod) y > 0.8 <= 1 and z unless {__name__=\"w\"} "
+        '/ on (namespace) group_left (pod) y > 0.8 <= 1 and z unless {__name__="w"} '
         "or histogram_quantile(0.9, v[1h:5m]) or vector(0) or time()"
     )
     assert selectors(expr) == [
@@ -73,7 +73,9 @@ def test_grafana_variables_are_replaced_as_grafana_would() -> None:
 
 def test_the_dashboards_hold_at_least_ten_queries() -> None:
     """Between them the dashboards run at least 10 queries (the issue's floor)."""
-    panel_queries = [q for path in DASHBOARDS for q in dashboard_queries(path) if "panel" in q.where]
+    panel_queries = [
+        q for path in DASHBOARDS for q in dashboard_queries(path) if "panel" in q.where
+    ]
     assert len(DASHBOARDS) >= 2
     assert len(panel_queries) >= 10, panel_queries
 
