@@ -66,23 +66,23 @@ class HealthServer:
             return web.Response(text="ready\n")
         return web.Response(text="draining\n", status=503)
 
-    async def start(self, port: int) -> None:
+    async def start(self, host: str, port: int) -> None:
         await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+        await web.TCPSite(self.runner, host, port).start()
 
 
 async def main(
-    port: int, health_port: int, shutdown: str, grace: float, propagation: float
+    host: str, port: int, health_port: int, shutdown: str, grace: float, propagation: float
 ) -> None:
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((business_handlers(),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.add_insecure_port(f"{host}:{port}")
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_server = HealthServer()
-    await health_server.start(health_port)
+    await health_server.start(host, health_port)
     print(f"payments: serving on {port}, health on {health_port}", flush=True)
 
     stop = asyncio.Event()
@@ -103,10 +103,14 @@ async def main(
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # Loopback by default; a pod's probes and callers need 0.0.0.0 (deploy/kubernetes/).
+    parser.add_argument("--host", default="127.0.0.1", help="address both servers bind")
     parser.add_argument("--port", type=int, default=50051)
     parser.add_argument("--health-port", type=int, default=8080)
     parser.add_argument("--shutdown", choices=("good", "broken"), default="good")
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--propagation", type=float, default=0.5)
     args = parser.parse_args()
-    asyncio.run(main(args.port, args.health_port, args.shutdown, args.grace, args.propagation))
+    asyncio.run(
+        main(args.host, args.port, args.health_port, args.shutdown, args.grace, args.propagation)
+    )
