@@ -13,39 +13,32 @@ every 200 ms; the tests read its HTTP API.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
-import yaml
 from drainwatch.agent.loadgen import GrpcBurst, free_port, wait_for_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.deploy.promql import RULES, all_queries, interpolate, recorded_names, selectors
 from tests.processes import AgentProcess, running_agent, short_tmpdir, started_target
+from tests.prometheus import PrometheusServer, poll, running_prometheus
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ROOT / "examples" / "services"
-PROMETHEUS = shutil.which("prometheus")
 NAMESPACE = "shop"
 WAIT_SECONDS = 40.0
 IN_FLIGHT = 5
-T = TypeVar("T")
+PAY_METHOD = "/payments.Payments/Pay"
 
 # A consumer and a producer that never learned about the close: 40 of each in 2 s.
 SPINNER = """
@@ -80,93 +73,9 @@ input()
 """
 
 
-def poll(what: str, check: Callable[[], T | None], timeout: float = WAIT_SECONDS) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found is not None:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        time.sleep(0.1)
-
-
-class Prometheus:
-    """``prometheus`` on loopback: the given scrape targets every 200 ms, the shipped rules
-    evaluated every 200 ms."""
-
-    def __init__(self, directory: Path, targets: dict[str, str]) -> None:
-        config = {
-            "global": {
-                "scrape_interval": "200ms",
-                "scrape_timeout": "200ms",
-                "evaluation_interval": "200ms",
-            },
-            "rule_files": [str(RULES)],
-            "scrape_configs": [
-                {
-                    "job_name": "drainwatch",
-                    "static_configs": [
-                        {"targets": [address], "labels": {"namespace": NAMESPACE, "pod": pod}}
-                        for pod, address in targets.items()
-                    ],
-                }
-            ],
-        }
-        path = directory / "prometheus.yml"
-        path.write_text(yaml.safe_dump(config))
-        self.log_path = directory / "prometheus.log"
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        assert PROMETHEUS is not None
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    PROMETHEUS,
-                    f"--config.file={path}",
-                    f"--storage.tsdb.path={directory / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--log.level=warn",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-    def api(self, path: str, **params: str) -> Any:
-        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                answer = json.load(response)
-        except urllib.error.HTTPError as error:
-            raise AssertionError(f"{url}: HTTP {error.code}: {error.read().decode()}") from error
-        assert answer["status"] == "success", answer
-        return answer["data"]
-
-    def ready(self) -> bool | None:
-        assert self.process.poll() is None, self.log_path.read_text()
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
-                return True if response.status == 200 else None
-        except OSError:
-            return None
-
-    def alerts(self) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = self.api("alerts")["alerts"]
-        return found
-
-
 @dataclass
 class Drained:
-    prometheus: Prometheus
+    prometheus: PrometheusServer
     scrapes: list[str]
 
 
@@ -188,13 +97,17 @@ async def _drain_payments(agent: AgentProcess) -> None:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert await wait_for_port("127.0.0.1", port), "payments did not start"
-        burst = GrpcBurst(f"127.0.0.1:{port}", "/payments.Payments/Pay", b"3000", IN_FLIGHT)
+        burst = GrpcBurst(f"127.0.0.1:{port}", PAY_METHOD, b"3000", IN_FLIGHT)
         burst.start()
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        while True:
             samples = await asyncio.to_thread(agent.scrape)
-            if (samples.value("drainwatch_inflight_requests", service="payments") or 0) >= 1:
+            paying = samples.value(
+                "drainwatch_inflight_requests", service="payments", method=PAY_METHOD
+            )
+            if (paying or 0) >= 1:
                 break
+            assert time.monotonic() < deadline, "no payment in flight on the agent"
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)
         process.send_signal(signal.SIGTERM)
@@ -265,8 +178,6 @@ def _inventory_drained(
 
 @pytest.fixture(scope="module")
 def drained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drained]:
-    if PROMETHEUS is None:
-        raise AssertionError("prometheus is missing: install Debian's 'prometheus' package")
     with ExitStack() as stack:
         early_endpoint = f"unix://{short_tmpdir()}/early.sock"
         early = stack.enter_context(started_target(EARLY, early_endpoint, service="early"))
@@ -292,11 +203,13 @@ def drained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drained]:
         }
         scrapes: list[str] = []
         with _inventory_drained(stack, targets) as outside_agent:
-            prometheus = Prometheus(tmp_path_factory.mktemp("prometheus"), targets)
-            stack.callback(prometheus.stop)
-            poll("prometheus ready", prometheus.ready)
+            labelled = {
+                address: {"namespace": NAMESPACE, "pod": pod} for pod, address in targets.items()
+            }
+            directory = tmp_path_factory.mktemp("prometheus")
+            prometheus = stack.enter_context(running_prometheus(directory, labelled, [RULES]))
             # the agents' first scrapes: every violation counter at 0
-            poll("first scrapes", lambda: _all_up_once(prometheus))
+            poll("first scrapes", lambda: _all_up_once(prometheus), WAIT_SECONDS, 0.1)
             # blocked threads are a gauge of now: taken while the target runs
             running = outside_agent.wait_for(
                 "drainwatch_thread_blocked_seconds", source="pyspy", timeout=15
@@ -312,12 +225,12 @@ def drained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drained]:
         asyncio.run(asyncio.wait_for(_drain_payments(sdk_agent), 90))
         _run_pipeline(sdk_agent)
         assert spinner.stdout.readline().strip() == "spun"
-        poll("the agent judged the shutdowns", lambda: _judged(sdk_agent))
+        poll("the agent judged the shutdowns", lambda: _judged(sdk_agent), WAIT_SECONDS, 0.1)
         scrapes += [_scrape(sdk_agent), _scrape(outside_agent)]
         yield Drained(prometheus, scrapes)
 
 
-def _all_up_once(prometheus: Prometheus) -> bool | None:
+def _all_up_once(prometheus: PrometheusServer) -> bool | None:
     rows = prometheus.api("query", query='up{job="drainwatch"} == 1')["result"]
     return True if len(rows) == 2 else None
 
@@ -350,7 +263,7 @@ EXPECTED = [
 ]  # fmt: skip
 
 
-def _missing_alerts(prometheus: Prometheus) -> list[tuple[str, dict[str, str]]]:
+def _missing_alerts(prometheus: PrometheusServer) -> list[tuple[str, dict[str, str]]]:
     alerts = prometheus.alerts()
     return [
         (name, labels)
@@ -372,7 +285,7 @@ def test_the_shipped_rules_raise_the_alerts_of_the_drains(drained: Drained) -> N
     assert missing == [], (missing, drained.prometheus.alerts())
 
 
-def _wait_for_alerts(prometheus: Prometheus) -> list[tuple[str, dict[str, str]]]:
+def _wait_for_alerts(prometheus: PrometheusServer) -> list[tuple[str, dict[str, str]]]:
     deadline = time.monotonic() + WAIT_SECONDS
     missing = _missing_alerts(prometheus)
     while missing and time.monotonic() < deadline:
