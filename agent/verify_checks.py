@@ -295,6 +295,13 @@ def check_violations(observed: Observation) -> Check:
     fixes = [
         f"{rule}: {RULE_FIXES.get(rule, 'see the runbook')} ({runbook(rule)})" for rule in rules
     ]
+    options = observed.options
+    if "readiness_not_failed_first" in rules and options.http and options.readiness is None:
+        fixes.append(
+            "an HTTP service's readiness is seen through its readiness endpoint's answers: "
+            "pass --readiness-url (the URL of its readinessProbe) so it is probed as the "
+            "kubelet does"
+        )
     return Check(
         NO_VIOLATIONS,
         False,
