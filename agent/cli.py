@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .lint.cli import add_lint_parser, run_lint
 from .verify_cli import add_verify_parser, run_verify
 
 if TYPE_CHECKING:
@@ -181,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_report_parser(commands)
     add_verify_parser(commands)
+    add_lint_parser(commands)
     doctor = commands.add_parser(
         "doctor",
         help="check whether this agent can sample the target's stacks with py-spy",
@@ -393,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _doctor(args)
     if args.command == "verify-shutdown":
         return run_verify(args)
+    if args.command == "lint":
+        return run_lint(args)
     return _agent_command(args)
 
 

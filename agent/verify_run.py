@@ -156,7 +156,7 @@ class _Run:
             )
         except RunError as error:
             raise StartError(str(error)) from None
-        log = open(self.log_path, "wb")  # noqa: SIM115 - closed by the exit stack
+        log = await asyncio.to_thread(open, self.log_path, "wb")
         stack.callback(log.close)
         try:
             process = await asyncio.create_subprocess_exec(
