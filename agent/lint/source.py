@@ -90,6 +90,7 @@ def read_python(path: str, shown: str, max_bytes: int = DEFAULT_MAX_BYTES) -> So
     try:
         encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
     except SyntaxError as error:
+        _decode(data, "utf-8")  # bytes that are not UTF-8 are the likelier story: say so
         raise SourceError(f"bad encoding declaration: {error}") from None
     text = _decode(data, "utf-8" if encoding == "utf-8-sig" else encoding)
     text = text.removeprefix("\ufeff")
