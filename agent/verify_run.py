@@ -177,13 +177,17 @@ class _Run:
         return process
 
     async def _kill_group(self) -> None:
+        """SIGKILL to the command's process group: its main process if it still runs, and
+        whatever it left behind (a child that ignored the signal) even if it exited. The
+        group's id stays reserved while any member lives, so this never hits a stranger."""
         process = self.process
-        if process is None or process.returncode is not None:
+        if process is None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), 10)
+        if process.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), 10)
 
     async def wait_ready(self, process: asyncio.subprocess.Process, watch: ShutdownWatch) -> float:
         options = self.options

@@ -246,3 +246,65 @@ def test_a_command_that_never_listens_is_a_start_error(tmp_path: Path) -> None:
     assert "not ready within --ready-timeout 1 s" in done.stderr
     assert "business ports to listen" in done.stderr
     assert time.monotonic() - began < 30
+
+
+LEAVES_A_CHILD = """
+import http.server, signal, subprocess, sys, threading
+child = subprocess.Popen([sys.executable, "-c", "import signal, time; "
+                          "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"])
+open(sys.argv[2], "w").write(str(child.pid))
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+stop.wait()
+server.shutdown()
+"""
+
+
+def test_what_the_command_leaves_behind_is_killed(tmp_path: Path) -> None:
+    """A child that ignores SIGTERM and outlives the command is killed with its group."""
+    script = tmp_path / "leaves_a_child.py"
+    script.write_text(LEAVES_A_CHILD)
+    pid_file = tmp_path / "child.pid"
+    port = free_port()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "drainwatch",
+            "verify-shutdown",
+            "--http",
+            f"http://127.0.0.1:{port}/",
+            "--signal-after",
+            "0.5",
+            "--accept-window",
+            "0",
+            "--",
+            sys.executable,
+            str(script),
+            str(port),
+            str(pid_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        status = (
+            Path(f"/proc/{child}/status").read_text() if Path(f"/proc/{child}").exists() else ""
+        )
+        if "State:\tZ" in status:
+            break  # killed, waiting for its (gone) parent's reaper
+        time.sleep(0.05)
+    status = Path(f"/proc/{child}/status").read_text() if Path(f"/proc/{child}").exists() else ""
+    assert not status or "State:\tZ" in status, status
