@@ -4,7 +4,8 @@
 case, a loop run zero, one or two times (two, so that a ``close()`` at the end of one
 iteration meets the ``put()`` at the start of the next), ``break``, ``continue``,
 ``return`` and ``raise``, a ``try`` body or one of its handlers, then ``finally``. Each
-statement contributes the events ``extract`` finds in it, in source order. Paths are
+statement contributes the events ``extract`` finds in it, in source order; each loop
+iteration and ``with ... as`` also contributes a ``bind`` event per name it binds. Paths are
 sequences of events; identical sequences merge, and at most ``limit`` are kept, so the
 cost stays bounded however branchy the function is. Nested functions and classes are not
 entered: their code runs at another time.
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 DEFAULT_LIMIT: Final = 128
+BIND: Final = "bind"  # the walker's own event: a loop or ``with`` target bound anew
 LOOP_RUNS: Final = (0, 1, 2)
 
 
@@ -91,6 +93,14 @@ class _Walker:
             return self._loop(node, paths)
         if isinstance(node, ast.With | ast.AsyncWith):
             paths = self._extend(paths, [item.context_expr for item in node.items])
+            bound = tuple(
+                event
+                for item in node.items
+                if item.optional_vars is not None
+                for event in _binds(item.optional_vars, node)
+            )
+            if bound:
+                paths = self._cap(path + bound for path in paths)
             return self.block(node.body, paths)
         if isinstance(node, ast.Try | ast.TryStar):
             return self._try(node, paths)
@@ -118,10 +128,14 @@ class _Walker:
         exits: set[Path] = set()
         ended: set[Path] = set()
         current = paths
+        rebinds = () if isinstance(node, ast.While) else _binds(node.target, node)
         for runs in LOOP_RUNS:
             if runs == 0:
                 exits |= current  # the loop body never ran (or its else clause follows)
                 continue
+            # each iteration binds the loop variable anew: ``for ch in chans: ch.close()``
+            # closes a different channel every time
+            current = self._cap(path + rebinds for path in current) if rebinds else current
             flow = self.block(node.body, current)
             ended |= flow.ended
             exits |= flow.broken
@@ -152,6 +166,17 @@ class _Walker:
             continued=flow.continued,
             ended=self._cap(final.ended | final_ended.normal | final_ended.ended),
         )
+
+
+def _binds(target: ast.AST, anchor: ast.AST) -> tuple[Event, ...]:
+    """A ``bind`` event for each name a loop or ``with`` target assigns."""
+    names = []
+    for part in ast.walk(target):
+        if isinstance(part, ast.Name):
+            names.append(part.id)
+        elif isinstance(part, ast.Attribute) and isinstance(part.value, ast.Name):
+            names.append(f"{part.value.id}.{part.attr}")
+    return tuple(Event(BIND, name, anchor) for name in names)
 
 
 def event_paths(body: list[ast.stmt], extract: Extract, limit: int = DEFAULT_LIMIT) -> set[Path]:

@@ -116,6 +116,18 @@ PUT_AFTER_CLOSE = {
 }
 
 PUT_LOOK_ALIKES = {
+    "a new queue each iteration": """
+        def pump(queues):
+            for queue in queues:
+                queue.put(1)
+                queue.close()
+        """,
+    "a new queue from with": """
+        def pump(open_queue, other):
+            other.close()
+            with open_queue() as other:
+                other.put(1)
+        """,
     "put then close": """
         def finish(queue, items):
             for item in items:
@@ -185,6 +197,13 @@ DOUBLE_CLOSE = {
 }
 
 DOUBLE_LOOK_ALIKES = {
+    "one close per loop iteration, each on its own channel": """
+        import drainwatch
+        channel = drainwatch.Channel("module-level")
+        def finish(channels):
+            for channel in channels:
+                channel.close()
+        """,
     "a file closed twice": """
         def finish(handle):
             handle.close()
