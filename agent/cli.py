@@ -14,6 +14,9 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .lint.cli import add_lint_parser, run_lint
+from .verify_cli import add_verify_parser, run_verify
+
 if TYPE_CHECKING:
     from .app import Agent
     from .config import AgentConfig
@@ -178,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="exit after printing instead of serving until Ctrl-C"
     )
     _add_report_parser(commands)
+    add_verify_parser(commands)
+    add_lint_parser(commands)
     doctor = commands.add_parser(
         "doctor",
         help="check whether this agent can sample the target's stacks with py-spy",
@@ -388,6 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(args)
     if args.command == "doctor":
         return _doctor(args)
+    if args.command == "verify-shutdown":
+        return run_verify(args)
+    if args.command == "lint":
+        return run_lint(args)
     return _agent_command(args)
 
 

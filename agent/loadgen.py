@@ -82,6 +82,95 @@ class _Burst(ABC):
         """Make the calls; each burst kind knows its protocol."""
 
 
+class GrpcCaller:
+    """Unary calls of ``method`` with raw-bytes ``request`` on one channel to ``target``.
+
+    Use as ``async with GrpcCaller(...) as caller: await caller.call()``; ``call`` never
+    raises for a failing call: the outcome carries the status the client saw.
+    """
+
+    def __init__(self, target: str, method: str, request: bytes, timeout: float = 60.0) -> None:
+        import grpc
+
+        self.target = target
+        self.method = method
+        self.request = request
+        self.timeout = timeout
+        self._grpc = grpc
+        self._channel: grpc.aio.Channel | None = None
+        self._call: grpc.aio.UnaryUnaryMultiCallable | None = None
+
+    async def __aenter__(self) -> GrpcCaller:
+        self._channel = self._grpc.aio.insecure_channel(self.target)
+        self._call = self._channel.unary_unary(self.method)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = self._call = None
+
+    async def call(self) -> CallOutcome:
+        if self._call is None:
+            raise RuntimeError("use GrpcCaller as an async context manager")
+        started = time.monotonic()
+        try:
+            await self._call(self.request, timeout=self.timeout)
+        except self._grpc.aio.AioRpcError as error:
+            return CallOutcome.ended(error.code().name, started)
+        return CallOutcome.ended("OK", started)
+
+
+class HttpCaller:
+    """Requests of ``url`` (``method``, optional ``body`` and ``headers``) on one session.
+
+    Use as ``async with HttpCaller(...) as caller: await caller.call()``; ``call`` never
+    raises for a failing request: the outcome is the HTTP status, or the client error's
+    type name (``ServerDisconnectedError``, ``ClientConnectorError``, ``TimeoutError``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 60.0,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        import aiohttp
+
+        self.url = url
+        self.timeout = timeout
+        self.method = method
+        self.body = body
+        self.headers = headers
+        self._aiohttp = aiohttp
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> HttpCaller:
+        timeout = self._aiohttp.ClientTimeout(total=self.timeout)
+        self._session = self._aiohttp.ClientSession(timeout=timeout)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(self) -> CallOutcome:
+        if self._session is None:
+            raise RuntimeError("use HttpCaller as an async context manager")
+        started = time.monotonic()
+        try:
+            async with self._session.request(
+                self.method, self.url, data=self.body, headers=list(self.headers)
+            ) as response:
+                await response.read()
+                return CallOutcome.ended(str(response.status), started)
+        except (TimeoutError, self._aiohttp.ClientError) as error:
+            return CallOutcome.ended(type(error).__name__, started)
+
+
 class GrpcBurst(_Burst):
     """``count`` concurrent unary calls of ``method`` with raw-bytes ``request``."""
 
@@ -94,20 +183,8 @@ class GrpcBurst(_Burst):
         self.request = request
 
     async def _run(self) -> list[CallOutcome]:
-        import grpc
-
-        async with grpc.aio.insecure_channel(self.target) as channel:
-            call = channel.unary_unary(self.method)
-
-            async def one() -> CallOutcome:
-                started = time.monotonic()
-                try:
-                    await call(self.request, timeout=self.timeout)
-                except grpc.aio.AioRpcError as error:
-                    return CallOutcome.ended(error.code().name, started)
-                return CallOutcome.ended("OK", started)
-
-            return list(await asyncio.gather(*(one() for _ in range(self.count))))
+        async with GrpcCaller(self.target, self.method, self.request, self.timeout) as caller:
+            return list(await asyncio.gather(*(caller.call() for _ in range(self.count))))
 
 
 class HttpBurst(_Burst):
@@ -118,18 +195,5 @@ class HttpBurst(_Burst):
         self.url = url
 
     async def _run(self) -> list[CallOutcome]:
-        import aiohttp
-
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-
-            async def one() -> CallOutcome:
-                started = time.monotonic()
-                try:
-                    async with session.get(self.url) as response:
-                        await response.read()
-                        return CallOutcome.ended(str(response.status), started)
-                except (TimeoutError, aiohttp.ClientError) as error:
-                    return CallOutcome.ended(type(error).__name__, started)
-
-            return list(await asyncio.gather(*(one() for _ in range(self.count))))
+        async with HttpCaller(self.url, self.timeout) as caller:
+            return list(await asyncio.gather(*(caller.call() for _ in range(self.count))))
