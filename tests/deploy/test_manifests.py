@@ -224,3 +224,15 @@ def test_the_podmonitor_scrapes_the_sidecars_named_port() -> None:
     assert monitor["selector"]["matchLabels"].items() <= labels.items()
     port = monitor["podMetricsEndpoints"][0]["port"]
     assert port in {p["name"] for p in agent["ports"]}
+
+
+def test_the_shipped_manifests_pass_drainwatch_lint() -> None:
+    """``drainwatch lint`` finds nothing in the manifests drainwatch itself ships."""
+    result = subprocess.run(
+        [sys.executable, "-m", "drainwatch.agent.cli", "lint", str(KUBERNETES)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
