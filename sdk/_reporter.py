@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from . import _inflight, _shutdown
 from ._protocol import Packer
 from ._settings import Settings
+from ._tracking import TRACKING
 from ._transport import Transport
 from ._version import __version__
 
@@ -135,6 +136,10 @@ class Reporter:
             refs = list(self._channels.values())
         records: list[dict[str, Any]] = [self._process_record(len(refs))]
         records.extend(self.shutdown_records())
+        try:
+            records.extend(TRACKING.records(self.settings, refs))
+        except Exception:  # tracking is a view; the snapshot goes out without it
+            self.internal_errors += 1
         for ref in refs:
             channel = ref()
             if channel is None:
@@ -205,17 +210,33 @@ class Reporter:
         self._transport.close()
 
     def _run(self) -> None:
+        last_snapshot = time.monotonic()
         while not self._stopping.is_set():
             interval = self.settings.interval
             if _shutdown.STATE.shutting_down:
                 interval = min(interval, SHUTDOWN_INTERVAL_SECONDS)
-            woken_early = self._wake.wait(interval)
+            # Between snapshots, wake every probe interval of the watched loops so that a
+            # blocked loop's stack is read while it is still blocked.
+            tick = TRACKING.tick_seconds() if self.settings.tracking else None
+            due = last_snapshot + interval - time.monotonic()
+            woken_early = self._wake.wait(max(0.0, due if tick is None else min(due, tick)))
             self._wake.clear()
             if self._stopping.is_set():
                 return
+            if tick is not None:
+                TRACKING.check_stalls()
+            if not woken_early and time.monotonic() < last_snapshot + interval:
+                continue
             self.flush()
+            last_snapshot = time.monotonic()
             if woken_early:
                 time.sleep(_MIN_HASTENED_GAP_SECONDS)
+
+    @property
+    def thread_ident(self) -> int | None:
+        """The reporter thread's ident (dumps leave it out), once it runs."""
+        thread = self._thread
+        return None if thread is None else thread.ident
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

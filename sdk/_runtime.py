@@ -129,9 +129,11 @@ def _after_fork_in_child() -> None:
     _lock = threading.RLock()
     from ._inflight import REGISTRY
     from ._shutdown import STATE
+    from ._tracking import TRACKING
 
     STATE.reset_after_fork()
     REGISTRY.reset_after_fork()
+    TRACKING.reset_after_fork()
     previous = _reporter
     if previous is None:
         return
