@@ -58,6 +58,8 @@ class Reporter:
         self._lock = threading.Lock()
         self._drop_lock = threading.RLock()
         self._wake = threading.Event()
+        # Set with _wake when a snapshot is wanted now; _wake alone only re-reads the tick.
+        self._hastened = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._started_at = time.time()
@@ -102,13 +104,13 @@ class Reporter:
         # When the agent is only behind, a snapshot soon carries the same cumulative state;
         # when it is absent, an early snapshot would be refused too, so wait for the tick.
         if not self._send([record], deadline=None) and self._transport.connected:
-            self._wake.set()
+            self.hasten()
 
     def emit_many(self, records: list[dict[str, Any]]) -> None:
         """Send several records now, packed together, then wake the thread so it picks up
         the shutdown interval (and resends soon if this send was refused)."""
         self._send(records, deadline=None)
-        self._wake.set()
+        self.hasten()
 
     def _send(self, records: list[dict[str, Any]], deadline: float | None) -> bool:
         """Pack and send; retry a refused datagram until ``deadline`` (monotonic), if any.
@@ -181,6 +183,11 @@ class Reporter:
 
     def hasten(self) -> None:
         """Ask the thread for a snapshot soon (rate-limited) instead of at the next tick."""
+        self._hastened = True
+        self._wake.set()
+
+    def retick(self) -> None:
+        """A loop started or stopped being watched: re-read how often to check for stalls."""
         self._wake.set()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -219,12 +226,13 @@ class Reporter:
             # blocked loop's stack is read while it is still blocked.
             tick = TRACKING.tick_seconds() if self.settings.tracking else None
             due = last_snapshot + interval - time.monotonic()
-            woken_early = self._wake.wait(max(0.0, due if tick is None else min(due, tick)))
+            self._wake.wait(max(0.0, due if tick is None else min(due, tick)))
             self._wake.clear()
             if self._stopping.is_set():
                 return
             if tick is not None:
                 TRACKING.check_stalls()
+            woken_early, self._hastened = self._hastened, False
             if not woken_early and time.monotonic() < last_snapshot + interval:
                 continue
             self.flush()

@@ -170,6 +170,12 @@ def hasten() -> None:
         reporter.hasten()
 
 
+def retick() -> None:
+    reporter = _reporter
+    if reporter is not None:
+        reporter.retick()
+
+
 def flush(timeout: float = 1.0) -> bool:
     """Send a full snapshot now, retrying refused datagrams for up to ``timeout`` seconds.
 

@@ -18,6 +18,9 @@ as ``_fut_waiter``. The chain's frames are the task's stack; the reason is decid
 3. **The future itself.** A task awaiting another task is ``task`` (with that task's name),
    any other future is ``future``; a chain that ends in something else is ``unknown``.
 
+An awaitable that delegates through a coroutine's ``__await__()`` hides the frames behind
+it (the wrapper exposes none); the reason then comes from the future alone.
+
 A task with no blocking future is ``running`` (the loop is inside its step right now) or
 ``ready`` (scheduled, about to run); neither counts as blocked. Everything here only reads
 attributes and never raises: it runs on the reporter thread while the loop mutates the tasks.

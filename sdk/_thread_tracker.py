@@ -8,6 +8,12 @@ and when they say nothing the system call the thread sits in
 exact start of the wait, which the channel stamps; for every other wait the start is the
 first sample that saw the thread waiting at the same place (resolution: the interval).
 
+A wait told by the kernel alone is listed only once it is *settled*: seen at the same place
+in two consecutive samples, with (almost) no CPU time used by the thread in between
+(``/proc/self/task/TID/schedstat``). A thread that runs Python code but waits for the GIL
+at the moment of a sample sits in the same ``futex`` call as one blocked on a lock; only its
+CPU time tells them apart. ``dump_tasks()`` lists what it sees at once.
+
 Threads may start and end during a sample: a thread gone by the time its name is looked up
 is reported by its id, and one gone before its kernel state is read is classified from its
 frames alone. Running threads and threads whose wait is unknown are counted but not listed.
@@ -28,6 +34,7 @@ from typing import Any, Final, NamedTuple
 from ._frames import MAX_FRAMES, describe, describe_frames, outward
 from ._protocol import MAX_NAME_CHARS, clip
 from ._thread_waits import (
+    BY_KERNEL,
     FD_CALLS,
     NOT_WAITING,
     KernelWait,
@@ -52,8 +59,12 @@ class _FrameView(NamedTuple):
 
 @dataclass(slots=True)
 class _Seen:
-    place: tuple[str, tuple[tuple[CodeType, int | None], ...]]
+    place: tuple[str, tuple[tuple[CodeType, int], ...]]
     since: float  # wall clock
+    samples: int = 1  # consecutive samples at this place
+    cpu: int | None = None  # the thread's CPU time (ns) at the last sample
+    idle: bool = False  # it used (almost) no CPU between the last two samples
+    at: float = 0.0  # wall clock of the last sample
 
 
 class ThreadWaitStamp(NamedTuple):
@@ -83,6 +94,24 @@ def kernel_wait(native_id: int | None, proc: str = "/proc/self") -> KernelWait |
     return KernelWait(call, kind)
 
 
+def thread_cpu_ns(native_id: int | None, proc: str = "/proc/self") -> int | None:
+    """CPU time thread ``native_id`` of this process has used, in ns, or ``None``."""
+    if native_id is None:
+        return None
+    try:
+        with open(f"{proc}/task/{native_id}/schedstat", encoding="ascii") as handle:
+            return int(handle.read(128).split()[0])
+    except (OSError, ValueError, IndexError):  # not Linux, no schedstat, or the thread ended
+        return None
+
+
+def _idle(before: int | None, after: int | None, seconds: float) -> bool:
+    """Used no more CPU than 1 ms plus 1 % of the time between two samples; True if unknown."""
+    if before is None or after is None:
+        return True
+    return after - before <= 1_000_000 + 10_000_000 * max(0.0, seconds)
+
+
 class ThreadTracker:
     """Samples every thread but the calling one; thread-safe."""
 
@@ -96,6 +125,7 @@ class ThreadTracker:
         now: float,
         mono: float,
         skip: Iterable[int] = (),
+        settled: bool = True,
     ) -> dict[str, Any]:
         """A ``threads`` record (docs/protocol.md) of every thread but the calling one and
         those in ``skip``. ``stamps`` maps thread idents to the ThreadChannel waits they
@@ -111,7 +141,7 @@ class ThreadTracker:
                 if ident in skipped:
                     continue
                 thread = threads.get(ident)
-                entry = self._one(ident, frame, thread, stamps.get(ident), now, mono, seen)
+                entry = self._one(ident, frame, thread, stamps.get(ident), now, mono, seen, settled)
                 if entry is not None:
                     waiting[entry["reason"]] += 1
                     listed.append(entry)
@@ -134,11 +164,13 @@ class ThreadTracker:
         now: float,
         mono: float,
         seen: dict[int, _Seen],
+        settled: bool,
     ) -> dict[str, Any] | None:
         stack = outward(frame, _DEPTH)
         native_id = getattr(thread, "native_id", None)
         site_index: int | None = 0
         target = None
+        by_kernel = False
         if stamp is not None:
             reason, target = stamp.reason, stamp.channel
         else:
@@ -146,13 +178,22 @@ class ThreadTracker:
             wait = classify_frames(views)
             if wait is None:
                 wait = classify(views, active=None, kernel=kernel_wait(native_id))
+                by_kernel = wait.evidence == BY_KERNEL
             reason, site_index = wait.reason, wait.frame_index
-        place = (reason, tuple((f.f_code, f.f_lineno) for f in stack[:MAX_FRAMES]))
+        place = (reason, tuple((f.f_code, f.f_lasti) for f in stack[:MAX_FRAMES]))
         known = self._seen.get(ident)
+        cpu = thread_cpu_ns(native_id) if by_kernel else None
         if known is None or known.place != place:
-            known = _Seen(place, now)
+            known = _Seen(place, now, cpu=cpu)
+        else:
+            known.samples += 1
+            known.idle = _idle(known.cpu, cpu, now - known.at)
+            known.cpu = cpu
+        known.at = now
         seen[ident] = known
         if reason in NOT_WAITING:
+            return None
+        if by_kernel and settled and not (known.samples >= 2 and known.idle):
             return None
         waited = max(0.0, mono - stamp.started) if stamp is not None else now - known.since
         name = clip(thread.name, MAX_NAME_CHARS) if thread is not None else f"thread-{ident}"

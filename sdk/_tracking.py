@@ -138,6 +138,7 @@ class Tracking:
                 watch = self._watches[id(loop)] = LoopWatch(loop, next(self._numbers), threshold)
             self._running_in[threading.get_ident()] = watch
         watch.lag.start()
+        _runtime.retick()
 
     def apply(self, settings: Settings) -> None:
         """New settings from ``configure()``: watch the loop running in this thread, if any
@@ -275,7 +276,7 @@ class Tracking:
             }
             record.update(TaskTracker(loop).sample(futures, now, mono))
             found.append(record)
-        found.append(self._threads.sample(threads, now, mono, skip))
+        found.append(self._threads.sample(threads, now, mono, skip, settled=False))
         return found
 
     def reset_after_fork(self) -> None:

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -312,3 +313,14 @@ def run_python(
         timeout=timeout,
         check=False,
     )
+
+
+def run_under_drainwatch(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``drainwatch run -- python -c code`` without the agent's extras on the path."""
+    runner = textwrap.dedent("""
+        import sys
+        from drainwatch._run_command import build_environment, exec_command
+        import os
+        exec_command(sys.argv[1:], build_environment(os.environ))
+    """)
+    return run_python(runner, sys.executable, "-c", code, env=env)
