@@ -148,29 +148,32 @@ def test_tasks_coming_and_going_while_sampled_never_break_a_sample() -> None:
     errors: list[BaseException] = []
     counts: list[int] = []
 
-    async def churn(stop: threading.Event) -> None:
+    async def churn(stop: threading.Event, started: threading.Event) -> None:
         async def tiny(number: int) -> int:
             await asyncio.sleep(0)
             return number
 
         while not stop.is_set():
+            started.set()
             await asyncio.gather(*(tiny(i) for i in range(200)))
 
-    def sampler(tracker: TaskTracker, stop: threading.Event) -> None:
+    def sampler(tracker: TaskTracker, stop: threading.Event, started: threading.Event) -> None:
         try:
+            started.wait(5)
             for _ in range(200):
                 counts.append(tracker.sample({}, time.time(), time.monotonic())["tasks"])
+                time.sleep(0.0005)  # let the loop move on between samples
         except BaseException as error:
             errors.append(error)
         finally:
             stop.set()
 
     async def main() -> None:
-        stop = threading.Event()
+        stop, started = threading.Event(), threading.Event()
         tracker = TaskTracker(asyncio.get_running_loop())
-        thread = threading.Thread(target=sampler, args=(tracker, stop))
+        thread = threading.Thread(target=sampler, args=(tracker, stop, started))
         thread.start()
-        await churn(stop)
+        await churn(stop, started)
         await asyncio.to_thread(thread.join, 10)
 
     run(main(), timeout=30)
