@@ -1,4 +1,5 @@
-"""The ``drainwatch`` command: ``agent`` (the sidecar), ``demo``, ``run``, ``report``, ``doctor``.
+"""The ``drainwatch`` command: ``agent`` (the sidecar), ``demo``, ``run``, ``report``, ``tasks``,
+``doctor``.
 
 Exit codes: 0 done, 1 a check or the demo failed, 2 usage or configuration error.
 """
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="exit after printing instead of serving until Ctrl-C"
     )
     _add_report_parser(commands)
+    _add_tasks_parser(commands)
     doctor = commands.add_parser(
         "doctor",
         help="check whether this agent can sample the target's stacks with py-spy",
@@ -289,6 +291,31 @@ def _report(args: argparse.Namespace) -> int:
     return run_report(args.agent, args.service, args.json, everything=args.all)
 
 
+def _add_tasks_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tasks = commands.add_parser(
+        "tasks",
+        help="print what every task and thread waits on, and for how long (Go-style dump)",
+        description="Fetch /api/v1/tasks from a running agent and print, per service and "
+        "process, each event loop's tasks grouped by what they wait on (channel, lock, "
+        "socket, ...) with their stacks, the loop's lag and stalls, and the waiting threads. "
+        "Exit code 0 = printed, 2 = agent unreachable.",
+    )
+    tasks.add_argument(
+        "--agent",
+        metavar="URL",
+        default="http://127.0.0.1:9469",
+        help="the agent's HTTP address (its --listen; default http://127.0.0.1:9469)",
+    )
+    tasks.add_argument("--service", metavar="NAME", help="only this service")
+    tasks.add_argument("--json", action="store_true", help="print the JSON document as served")
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from .tasks_cli import run_tasks
+
+    return run_tasks(args.agent, args.service, args.json)
+
+
 def _flag_layer(args: argparse.Namespace) -> Layer:
     from .config import Source
 
@@ -386,6 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "tasks":
+        return _tasks(args)
     if args.command == "doctor":
         return _doctor(args)
     return _agent_command(args)

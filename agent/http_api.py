@@ -1,5 +1,5 @@
 """The agent's HTTP surface: /metrics, /healthz, /readyz and the read-only JSON API
-(``/api/v1/state``, ``/api/v1/report``).
+(``/api/v1/state``, ``/api/v1/report``, ``/api/v1/tasks``).
 
 Scrapes are rendered in a worker thread so a large exposition never stalls ingest on the
 event loop. Only GET (and HEAD) exist; everything is read-only.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -18,6 +19,7 @@ from prometheus_client.exposition import choose_encoder
 from .report_store import DrainReports
 from .state import State
 from .state_json import state_document
+from .tasks_json import tasks_document
 
 _MAX_QUERY_VALUE = 256
 _STATE_PARAMETERS = frozenset({"service"})
@@ -29,6 +31,7 @@ REPORTS_KEY = web.AppKey("reports", DrainReports)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 READY_KEY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")
 SCRAPED_KEY: web.AppKey[Callable[[], None]] = web.AppKey("scraped")
+TASKS_KEY: web.AppKey[Callable[[str | None], dict[str, Any]]] = web.AppKey("tasks")
 
 
 def _bad_request(message: str) -> web.Response:
@@ -103,6 +106,18 @@ async def api_report(request: web.Request) -> web.Response:
     return web.json_response(document, dumps=lambda value: json.dumps(value, indent=1))
 
 
+async def api_tasks(request: web.Request) -> web.Response:
+    """What every task and thread waits on, per service and process (``?service=NAME``)."""
+    error = _query_error(request, _STATE_PARAMETERS)
+    if error is not None:
+        return _bad_request(error)
+    loop = asyncio.get_running_loop()
+    document = await loop.run_in_executor(
+        None, request.app[TASKS_KEY], request.query.get("service")
+    )
+    return web.json_response(document, dumps=lambda value: json.dumps(value, indent=1))
+
+
 async def index(request: web.Request) -> web.Response:
     return web.Response(
         text=(
@@ -110,6 +125,7 @@ async def index(request: web.Request) -> web.Response:
             "/metrics        Prometheus exposition (OpenMetrics when asked)\n"
             "/api/v1/state   everything the agent knows, as JSON (?service=NAME)\n"
             "/api/v1/report  drain reports: latest per service (?service=NAME, ?all=1)\n"
+            "/api/v1/tasks   what each task and thread waits on (?service=NAME)\n"
             "/healthz        liveness\n"
             "/readyz         readiness: ingest is listening\n"
         )
@@ -126,19 +142,23 @@ def build_app(
     ready: Callable[[], bool],
     reports: DrainReports | None = None,
     scraped: Callable[[], None] | None = None,
+    tasks: Callable[[str | None], dict[str, Any]] | None = None,
 ) -> web.Application:
     """``scraped`` is called after each /metrics exposition was rendered (a stopping agent
-    waits for one before it leaves)."""
+    waits for one before it leaves); ``tasks(service)`` builds the /api/v1/tasks document
+    (default: from the state alone, without py-spy's threads)."""
     app = web.Application(client_max_size=1024)
     app[STATE_KEY] = state
     app[REPORTS_KEY] = reports if reports is not None else DrainReports(state)
     app[REGISTRY_KEY] = registry
     app[READY_KEY] = ready
     app[SCRAPED_KEY] = scraped if scraped is not None else _nothing
+    app[TASKS_KEY] = tasks if tasks is not None else lambda service: tasks_document(state, service)
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1/state", api_state)
     app.router.add_get("/api/v1/report", api_report)
+    app.router.add_get("/api/v1/tasks", api_tasks)
     return app

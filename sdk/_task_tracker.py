@@ -97,8 +97,8 @@ class TaskTracker:
                 name = task.get_name()
             except Exception:  # a task subclass with its own get_name
                 name = "?"
-            if len(name) > MAX_NAME_CHARS:
-                name = clip(name, MAX_NAME_CHARS)
+            if not name or len(name) > MAX_NAME_CHARS:
+                name = clip(name, MAX_NAME_CHARS) if name else "?"
             sampled.append((waited, name, wait, since, now - known[1]))
         self._seen = seen  # tasks that are gone are forgotten: nothing outlives a sample
         return sampled

@@ -33,6 +33,8 @@ import os
 from types import CodeType, CoroutineType, FrameType, GeneratorType
 from typing import Any, Final, NamedTuple
 
+from ._protocol import MAX_NAME_CHARS, clip
+
 CHANNEL_RECEIVE: Final = "channel_receive"
 CHANNEL_SEND: Final = "channel_send"
 QUEUE_GET: Final = "queue_get"
@@ -271,7 +273,9 @@ def _classify(task: asyncio.Task[Any], exact: dict[int, ExactWait]) -> TaskWait:
     if known is not None and known.future is blocker:
         return TaskWait(known.reason, known.target, frames, blocker, known.started)
     reason = reason_from_frames(frames) or _reason_from_blocker(blocker)
-    target = blocker.get_name() if reason == TASK and isinstance(blocker, asyncio.Task) else None
+    target = None
+    if reason == TASK and isinstance(blocker, asyncio.Task):
+        target = clip(blocker.get_name(), MAX_NAME_CHARS) or None
     return TaskWait(reason, target, frames, blocker)
 
 

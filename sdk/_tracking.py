@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _runtime
 from ._loop_lag import LagMonitor
-from ._protocol import fit
+from ._protocol import MAX_NAME_CHARS, clip, fit
 from ._settings import Settings
 from ._task_tracker import TaskTracker
 from ._task_waits import ExactWait
@@ -49,7 +49,7 @@ class LoopWatch:
     def __init__(self, loop: asyncio.AbstractEventLoop, number: int, threshold: float) -> None:
         self.loop = weakref.ref(loop)
         self.number = number
-        self.thread = threading.current_thread().name
+        self.thread = _thread_name()
         self.tasks = TaskTracker(loop)
         self.lag = LagMonitor(loop, threshold)
         self._last_tasks: dict[str, Any] | None = None
@@ -83,6 +83,10 @@ class LoopWatch:
         record.update(self.lag.fields())
         fit(record, ("sites", "stalls", "top"))
         return record
+
+
+def _thread_name() -> str:
+    return clip(threading.current_thread().name, MAX_NAME_CHARS) or "?"
 
 
 def exact_waits(refs: ChannelRefs) -> tuple[dict[int, ExactWait], dict[int, ThreadWaitStamp]]:
@@ -202,7 +206,7 @@ class Tracking:
             watch = self._watched(loop)
             if watch is not None:
                 self._running_in[ident] = watch
-                watch.thread = threading.current_thread().name
+                watch.thread = _thread_name()
                 watch.lag.thread_id = ident
         if watch is not None:
             watch.lag.resume()
@@ -270,7 +274,7 @@ class Tracking:
             record: dict[str, Any] = {
                 "type": "loop",
                 "id": 0,
-                "thread": threading.current_thread().name,
+                "thread": _thread_name(),
                 "running": True,
                 "closed": False,
             }
