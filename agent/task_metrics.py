@@ -105,7 +105,9 @@ class TaskCollector(Collector):
             limits = state.limits
             services: dict[str, _ServiceTasks] = {}
             for service in state.services.values():
-                view = services[service.name] = _ServiceTasks(lag=list(service.retired_lag))
+                view = services[service.name] = _ServiceTasks(
+                    watched=any(service.retired_lag), lag=list(service.retired_lag)
+                )
                 for instance in service.instances.values():
                     _add_instance(view, instance)
         blocked = GaugeMetricFamily(

@@ -79,7 +79,7 @@ def _capped_top(
 ) -> list[dict[str, Any]]:
     if len(entries) > cap:
         capped(limit_name)
-        entries = entries[:cap]
+        entries = sorted(entries, key=lambda entry: -entry["wait"])[:cap]
     return [{**entry, key: label(entry[key])} for entry in entries]
 
 
