@@ -108,8 +108,8 @@ def test_render_groups_tasks_and_names_each_process() -> None:
         in text
     )
     assert "        consumer-0_body (app.py:12)" in text
-    assert "    threads (sdk): 1, 1 waiting" in text
-    assert "  threads (py-spy): 1, 1 waiting" in text
+    assert "    threads (sdk): 2, 1 waiting" in text
+    assert "  threads (py-spy): 2, 1 waiting" in text
     assert render({"services": []}).startswith("No task or thread reported yet")
 
 
