@@ -92,6 +92,10 @@ class Reporter:
     def packer(self) -> Packer:
         return self._packer
 
+    @property
+    def transport(self) -> Transport:
+        return self._transport
+
     # -- sending -----------------------------------------------------------------------------
 
     @property
@@ -205,8 +209,9 @@ class Reporter:
         self._thread = None
         self._transport.close()
 
-    def stop(self, timeout: float = 1.0) -> None:
-        """Stop the thread, send one final snapshot from the caller, close the transport."""
+    def stop(self, timeout: float = 1.0, close_transport: bool = True) -> None:
+        """Stop the thread, send one final snapshot from the caller, close the transport
+        (unless a successor goes on with it)."""
         self._stopping.set()
         self._wake.set()
         thread = self._thread
@@ -214,7 +219,8 @@ class Reporter:
             thread.join(timeout)
         if self.settings.enabled:
             self.flush(timeout=min(timeout, 0.5))
-        self._transport.close()
+        if close_transport:
+            self._transport.close()
 
     def _run(self) -> None:
         last_snapshot = time.monotonic()

@@ -143,6 +143,7 @@ class Receiver:
         self.path = os.path.join(self.directory, "ingest.sock")
         self.endpoint = "unix://" + self.path
         self.malformed: list[bytes] = []
+        self.connections = 0  # accepted so far
         self._inbox: queue.Queue[Datagram] = queue.Queue()
         self._pending: list[tuple[Datagram, Record]] = []
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -172,6 +173,7 @@ class Receiver:
         except BlockingIOError:
             return
         connection.setblocking(False)
+        self.connections += 1
         selector.register(connection, selectors.EVENT_READ, connection)
 
     def _read(self, selector: selectors.BaseSelector, connection: socket.socket) -> None:
