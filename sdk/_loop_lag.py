@@ -6,12 +6,17 @@ debug mode. Lags go into a histogram (the protocol's wait buckets) and into the 
 the last ``WINDOW_SECONDS``.
 
 A loop blocked by synchronous code cannot say so until it is free again, by which time the
-culprit is gone. So the reporter thread checks every probe interval whether a probe is
-overdue by more than ``threshold``; if so it reads the loop thread's current frame
-(``sys._current_frames()``) while the block is still going on: that stack is the blocking
-code. When the probe finally runs, the stall is closed with its real duration. A block that
-holds the GIL the whole time (a C extension) leaves the reporter no chance to look: the stall
-is still recorded when the probe runs, without a stack.
+culprit is gone. So the reporter thread wakes when the pending probe becomes overdue by
+``threshold`` (:meth:`LagMonitor.next_check`) and, if it has still not run, reads the loop
+thread's current frame (``sys._current_frames()``) while the block is still going on: that
+stack is the blocking code. A block longer than the probe interval plus the threshold is
+always seen while it lasts. When the probe finally runs, the stall is closed with its real
+duration. A block that holds the GIL the whole time (a C extension) leaves the reporter no
+chance to look: the stall is still recorded when the probe runs, without a stack.
+
+Each probe is a wakeup of an idle loop, and each check one of the reporter thread: the
+probe interval is the threshold (100 ms by default), so an idle service wakes some 20 times
+a second for them (``docs/performance.md`` has what that costs).
 
 Thread safety: ``_tick``, ``pause`` and ``resume`` run on the loop's thread; ``check`` and
 ``fields`` on the reporter's. They share a lock held for a few attribute updates.
@@ -20,6 +25,7 @@ Thread safety: ``_tick``, ``pause`` and ``resume`` run on the loop's thread; ``c
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import threading
 import time
@@ -39,8 +45,9 @@ MAX_PROBE_SECONDS: Final = 0.25
 
 
 def probe_interval(threshold: float) -> float:
-    """Half the stall threshold: a stall is seen while it lasts, not only afterwards."""
-    return min(MAX_PROBE_SECONDS, max(MIN_PROBE_SECONDS, threshold / 2))
+    """The stall threshold, within bounds: a block is seen while it lasts once it is longer
+    than twice that, and the lag is measured as finely."""
+    return min(MAX_PROBE_SECONDS, max(MIN_PROBE_SECONDS, threshold))
 
 
 @dataclass(slots=True)
@@ -140,6 +147,16 @@ class LagMonitor:
         with self._lock:
             self._paused = False
             self._due = max(self._due, self._clock())
+
+    def next_check(self) -> float:
+        """When (``time.monotonic()``) the pending probe is overdue by the threshold: the
+        moment to look for a stall. Later while a stall's stack is already taken."""
+        with self._lock:
+            if self._paused or self._stopped:
+                return math.inf  # a stopped loop cannot stall; resuming wakes the reporter
+            if self._stall is not None:
+                return self._clock() + self.interval
+            return self._due + self.threshold
 
     def check(self) -> None:
         """From the reporter thread: if the loop is blocked past the threshold right now,

@@ -228,15 +228,16 @@ class Reporter:
             interval = self.settings.interval
             if _shutdown.STATE.shutting_down:
                 interval = min(interval, SHUTDOWN_INTERVAL_SECONDS)
-            # Between snapshots, wake every probe interval of the watched loops so that a
-            # blocked loop's stack is read while it is still blocked.
-            tick = TRACKING.tick_seconds() if self.settings.tracking else None
-            due = last_snapshot + interval - time.monotonic()
-            self._wake.wait(max(0.0, due if tick is None else min(due, tick)))
+            # Between snapshots, wake when a watched loop's probe is overdue by the stall
+            # threshold, so that a blocked loop's stack is read while it is still blocked.
+            check = TRACKING.next_check() if self.settings.tracking else None
+            due = last_snapshot + interval
+            until = due if check is None else min(due, max(check, time.monotonic() + 0.001))
+            self._wake.wait(max(0.0, until - time.monotonic()))
             self._wake.clear()
             if self._stopping.is_set():
                 return
-            if tick is not None:
+            if check is not None:
                 TRACKING.check_stalls()
             woken_early, self._hastened = self._hastened, False
             if not woken_early and time.monotonic() < last_snapshot + interval:

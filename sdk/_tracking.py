@@ -210,18 +210,19 @@ class Tracking:
                 watch.lag.thread_id = ident
         if watch is not None:
             watch.lag.resume()
+            _runtime.retick()
             return
         if self._auto:
             settings = _runtime.current().settings
             if settings.enabled and settings.tracking:
                 self.watch(loop, settings.lag_threshold)
 
-    def tick_seconds(self) -> float | None:
-        """How often the reporter should call :meth:`check_stalls`; ``None`` with no loop
-        watched."""
+    def next_check(self) -> float | None:
+        """When (``time.monotonic()``) the reporter should next call :meth:`check_stalls`;
+        ``None`` with no loop watched."""
         with self._lock:
-            intervals = [watch.lag.interval for watch in self._watches.values()]
-        return min(intervals) if intervals else None
+            watches = list(self._watches.values())
+        return min((watch.lag.next_check() for watch in watches), default=None)
 
     def check_stalls(self) -> None:
         """Capture the stack of every watched loop blocked past its threshold right now."""

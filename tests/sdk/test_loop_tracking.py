@@ -223,8 +223,8 @@ def test_a_stall_the_reporter_could_not_see_is_still_counted() -> None:
     assert fields["stalls_total"] == 1
 
 
-def test_the_probe_runs_at_half_the_threshold_within_bounds() -> None:
-    """The probe interval is half the stall threshold, kept between 10 ms and 250 ms."""
-    assert probe_interval(0.1) == 0.05
+def test_the_probe_runs_at_the_threshold_within_bounds() -> None:
+    """The probe interval is the stall threshold, kept between 10 ms and 250 ms."""
+    assert probe_interval(0.1) == 0.1
     assert probe_interval(0.001) == 0.01
     assert probe_interval(60) == 0.25
