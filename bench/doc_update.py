@@ -48,13 +48,16 @@ def update_doc(text: str, figures: Sequence[Figure], command: str, machine: Mach
     fresh = {figure.name: figure for figure in figures}
     merged = [fresh.pop(figure.name, figure) for figure in kept] + list(fresh.values())
     lines[header:end] = markdown_table(merged).splitlines()
-    lines = [line for line in lines if not _NOTE.match(line)]
-    note_at = next(
-        (i for i, line in enumerate(lines) if line.startswith("Run `python -m bench --quick`")),
-        len(lines),
-    )
     numbered = [f"{index}. **{f.name}**: {f.note}." for index, f in enumerate(merged, 1)]
-    lines[note_at:note_at] = [*numbered, ""]
+    first_note = next((i for i, line in enumerate(lines) if _NOTE.match(line)), None)
+    lines = [line for line in lines if not _NOTE.match(line)]
+    if first_note is None:  # no notes yet: they go before the closing paragraph
+        first_note = next(
+            (i for i, line in enumerate(lines) if line.startswith("Run `python -m bench")),
+            len(lines),
+        )
+        numbered.append("")
+    lines[first_note:first_note] = numbered
     return "\n".join(_with_run_line(lines, figures, command, machine)) + "\n"
 
 
