@@ -225,7 +225,24 @@ def _findings(report: dict[str, Any]) -> list[str]:
                 else f"closed at {_clock(channel['closed'])}"
             )
             lines.append(f"    {channel['name']}: {channel['depth']} item(s), {closed}")
+    lines.extend(_loop_stalls(report.get("loop_stalls")))
     lines.extend(_deadline_tasks(report.get("tasks_at_deadline")))
+    return lines
+
+
+def _loop_stalls(stalls: object) -> list[str]:
+    """Blocks of the event loop during the shutdown, with the code that blocked it."""
+    if not isinstance(stalls, list) or not stalls:
+        return []
+    lines = ["  event loop blocked during the shutdown:"]
+    for stall in stalls:
+        if not isinstance(stall, dict):
+            continue
+        seconds = stall.get("seconds")
+        length = f"{seconds:.2f} s" if isinstance(seconds, int | float) else "?"
+        lines.append(f"    {length} at {_clock(stall.get('at'))} on thread {stall.get('thread')}:")
+        stack = stall.get("stack") or ["(not seen while it lasted: the blocking code held the GIL)"]
+        lines.extend(f"      {frame}" for frame in stack)
     return lines
 
 

@@ -200,4 +200,5 @@ def report_from_json(doc: object) -> DrainReport:
         outside=outside,
         source=RESTORED,
         tasks_at_deadline=at_deadline,
+        loop_stalls=tuple(_list(doc.get("loop_stalls"), "loop_stalls")),
     )

@@ -22,7 +22,7 @@ from typing import Any, Final, Protocol
 from .config import DEFAULT_DRAIN_BUDGET_SECONDS
 from .drain_report import DrainReport, build_report, snapshot, wants_report
 from .state import Instance, Service, State
-from .task_state import note_deadline
+from .task_state import note_deadline, stalls_since
 from .verdicts import RULES
 
 logger = logging.getLogger("drainwatch.agent")
@@ -159,8 +159,9 @@ class DrainReports:
         deadline = note_deadline(
             instance.tasks, report.origin, report.ended, report.killed, self.budget_seconds, now
         )
-        if deadline is not None:
-            report = replace(report, tasks_at_deadline=deadline)
+        stalls = stalls_since(instance.tasks, report.origin)
+        if deadline is not None or stalls:
+            report = replace(report, tasks_at_deadline=deadline, loop_stalls=stalls)
         if self.outside is not None:
             try:
                 report = self.outside.augment(report)

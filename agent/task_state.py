@@ -30,6 +30,7 @@ from drainwatch._thread_waits import REASONS as THREAD_REASONS
 from .config import Limits
 
 OTHER: Final = "other"
+MAX_STALLS_KEPT: Final = 32  # per process, the most recent, for the drain report
 # Reasons the agent exports as they are; anything else a newer SDK sends is "other".
 KNOWN_REASONS: Final = frozenset(WAIT_REASONS) | frozenset(THREAD_REASONS) | NOT_BLOCKED
 DEADLINE: Final = "drain_budget"  # alive when the drain budget ran out
@@ -58,6 +59,9 @@ class InstanceTasks:
     # the views at the last report refresh before the deadline, then the frozen dump
     before_deadline: dict[str, Any] | None = None
     at_deadline: dict[str, Any] | None = None
+    # every stall seen (a record carries the last 4), by (loop, start), so that a drain
+    # report can list those of the shutdown; the most recent MAX_STALLS_KEPT
+    stalls: dict[tuple[int, float], dict[str, Any]] = field(default_factory=dict)
 
 
 def reason_label(reason: str) -> str:
@@ -105,6 +109,32 @@ def apply_loop(
     top = _capped_top(record["top"], "task", limits.max_blocked_tasks, label, capped, "tasks")
     view.record = {**record, "top": top}
     view.updated = record["sampled_at"]
+    _keep_stalls(tasks, record)
+
+
+def _keep_stalls(tasks: InstanceTasks, record: dict[str, Any]) -> None:
+    for stall in record["stalls"]:
+        key = (record["id"], round(stall["at"], 3))
+        known = tasks.stalls.get(key)
+        if known is None or known["ongoing"]:  # an ongoing stall is replaced by its end
+            tasks.stalls[key] = {"loop": record["id"], "thread": record["thread"], **stall}
+    if len(tasks.stalls) > MAX_STALLS_KEPT:
+        for key in sorted(tasks.stalls, key=lambda key: tasks.stalls[key]["at"])[
+            : len(tasks.stalls) - MAX_STALLS_KEPT
+        ]:
+            del tasks.stalls[key]
+
+
+def stalls_since(tasks: InstanceTasks, began: float | None) -> tuple[dict[str, Any], ...]:
+    """The stalls (blocks of the loop longer than the threshold) that ended after
+    ``began``: the ones a drain report shows, oldest first."""
+    if began is None:
+        return ()
+    return tuple(
+        stall
+        for stall in sorted(tasks.stalls.values(), key=lambda stall: stall["at"])
+        if stall["at"] + stall["seconds"] >= began
+    )
 
 
 def _forget_one_loop(tasks: InstanceTasks) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from drainwatch.agent.config import Limits
 from drainwatch.agent.report_store import DrainReports
 from drainwatch.agent.task_metrics import BlockedThread, TaskCollector
+from drainwatch.agent.task_state import MAX_STALLS_KEPT, stalls_since
 from drainwatch.agent.tasks_json import tasks_document
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -259,3 +260,18 @@ def test_a_process_that_exited_in_time_keeps_nothing(clock: FakeTime, sdk: SdkPr
     clock.now = T0 + 3
     reports.refresh()
     assert reports.reports()[0].tasks_at_deadline is None
+
+
+def test_stalls_are_kept_once_each_finished_and_bounded(clock: FakeTime) -> None:
+    """An ongoing stall is replaced by its end; at most the last 32 stalls are kept."""
+    state, feed = make_state(clock)
+    ongoing = {"at": T0, "seconds": 0.2, "ongoing": True, "stack": ["slow (app.py:3)"]}
+    feed.send("a", [loop_record(1, stalls=[ongoing], stalls_total=1)])
+    feed.send("a", [loop_record(1, stalls=[{**ongoing, "seconds": 0.7, "ongoing": False}])])
+    [stall] = stalls_since(state.services["checkout"].instances["a"].tasks, T0 - 1)
+    assert (stall["seconds"], stall["ongoing"], stall["loop"]) == (0.7, False, 1)
+    for index in range(40):
+        earlier = {**ongoing, "at": T0 + 10 + index, "ongoing": False}
+        feed.send("a", [loop_record(1, stalls=[earlier], stalls_total=index + 2)])
+    kept = stalls_since(state.services["checkout"].instances["a"].tasks, T0 - 1)
+    assert len(kept) == MAX_STALLS_KEPT and kept[-1]["at"] == T0 + 49

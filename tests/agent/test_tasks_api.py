@@ -179,21 +179,27 @@ def test_the_command_refuses_a_bad_agent_url_and_an_absent_agent(agent: str, mes
     assert message in err.getvalue()
 
 
-def test_a_report_with_the_tasks_at_the_deadline_reads_back_from_its_json(
+def test_a_report_with_the_tasks_at_the_deadline_and_stalls_reads_back_from_its_json(
     clock: FakeTime, sdk: SdkProcess
 ) -> None:
-    """Saved reports keep tasks_at_deadline; a malformed one names the field."""
+    """Saved reports keep tasks_at_deadline and the shutdown's loop stalls (not the ones
+    before it); a malformed field is named."""
     state, feed = make_state(clock)
     reports = DrainReports(state, budget_seconds=1.0, clock=clock)
     sdk.at(0).note_signal(15)
-    feed.send("a", [*sdk.records(), loop_record(1, task_wait("stuck", "lock", 2.0))])
+    stall = {"at": T0 + 0.2, "seconds": 0.5, "ongoing": False, "stack": ["slow (app.py:3)"]}
+    early = {"at": T0 - 9, "seconds": 0.5, "ongoing": False, "stack": ["boot (app.py:1)"]}
+    task = task_wait("stuck", "lock", 2.0)
+    feed.send("a", [*sdk.records(), loop_record(1, task, stalls=[early, stall], stalls_total=2)])
     clock.now = T0 + 2
     reports.refresh()
     [report] = reports.reports()
+    assert [item["stack"] for item in report.loop_stalls] == [["slow (app.py:3)"]]
     saved = json.loads(json.dumps(report.to_json()))
     restored = report_from_json(saved)
     assert restored.tasks_at_deadline == saved["tasks_at_deadline"]
     assert restored.tasks_at_deadline is not None
+    assert [dict(item) for item in restored.loop_stalls] == saved["loop_stalls"]
     with pytest.raises(ReportFormatError, match="tasks_at_deadline: expected an object"):
         report_from_json({**saved, "tasks_at_deadline": ["x"]})
     del saved["tasks_at_deadline"]  # saved before the field existed

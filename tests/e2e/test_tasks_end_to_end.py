@@ -56,8 +56,11 @@ asyncio.run(main())
 """
 
 STUCK_DRAIN = """
-import asyncio, signal
+import asyncio, signal, time
 import drainwatch  # for the channel only: `drainwatch run` turns tracking on
+
+def flush_caches():
+    time.sleep(0.4)  # sync code run by the drain: the loop is blocked
 
 async def consume(jobs):
     async for _ in jobs:
@@ -70,6 +73,7 @@ async def main():
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print("ready", flush=True)
     await stop.wait()
+    flush_caches()
     await consumer  # the drain waits for a consumer nobody wakes: the channel is never closed
 
 asyncio.run(main())
@@ -199,7 +203,8 @@ def _under_drainwatch_run(
 
 def test_the_drain_report_keeps_the_tasks_alive_at_the_deadline() -> None:
     """Zero code under drainwatch run: a drain stuck on a consumer that nobody wakes is in
-    the report, at the 1 s deadline, as what kept the process from exiting."""
+    the report, at the 1 s deadline, as what kept the process from exiting; the 0.4 s the
+    drain blocked the loop is in it too, with the blocking code."""
     service = "stuck-drain"
     with (
         running_agent("--drain-budget", "1") as agent,
@@ -230,3 +235,8 @@ def test_the_drain_report_keeps_the_tasks_alive_at_the_deadline() -> None:
         text.stdout
     )
     assert 'task "stuck-consumer" [channel_receive "jobs"' in text.stdout
+    [stall] = reports[0]["loop_stalls"]
+    assert stall["seconds"] >= 0.3 and stall["at"] >= reports[0]["signal"]["at"]
+    assert any(frame.startswith("flush_caches (") for frame in stall["stack"]), stall
+    assert "event loop blocked during the shutdown:" in text.stdout
+    assert "flush_caches (" in text.stdout
