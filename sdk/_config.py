@@ -74,7 +74,10 @@ def configure(
         ),
     )
     _runtime.configure(settings)
-    _tracking.TRACKING.apply(settings)
+    try:
+        _tracking.TRACKING.apply(settings)
+    except Exception:  # tracking is a view: configuring must not fail because of it
+        _runtime.note_internal_error()
     install_dump_signal(settings.dump_signal)
 
 

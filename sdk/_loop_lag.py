@@ -126,7 +126,10 @@ class LagMonitor:
             if self._stopped:
                 return
             self._due = now + self.interval
-        self._handle = self._loop.call_at(self._due, self._tick)
+        try:
+            self._handle = self._loop.call_at(self._due, self._tick)
+        except RuntimeError:  # the loop is closing: nothing left to probe
+            self._stopped = True
 
     def _note_max(self, now: float, lag: float) -> None:
         epoch = int(now // (WINDOW_SECONDS / _SLOTS))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import textwrap
 import threading
 import time
 import weakref
@@ -18,7 +19,7 @@ from drainwatch._protocol import RECORD_BUDGET_BYTES
 from drainwatch._task_tracker import MAX_SITES, MAX_TASKS_SAMPLED, MAX_TOP, TaskTracker
 from drainwatch._tracking import TRACKING
 
-from .conftest import Receiver, run
+from .conftest import Receiver, run, run_python, subprocess_env
 
 Record = dict[str, Any]
 
@@ -228,3 +229,30 @@ def test_the_probe_runs_at_the_threshold_within_bounds() -> None:
     assert probe_interval(0.1) == 0.1
     assert probe_interval(0.001) == 0.01
     assert probe_interval(60) == 0.25
+
+
+def test_a_forked_child_watches_none_of_its_parents_loops() -> None:
+    """After os.fork() in a watched loop, the child reports no loop of its parent's."""
+    code = textwrap.dedent("""
+        import asyncio, json, os, warnings, drainwatch
+        from drainwatch import _runtime
+        from drainwatch._tracking import TRACKING
+        async def main():
+            drainwatch.configure(service="fork-test", endpoint="udp://127.0.0.1:9", interval=60)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+                pid = os.fork()
+            records = TRACKING.records(_runtime.current().settings, [])
+            kinds = sorted(record["type"] for record in records)
+            if pid == 0:
+                print("child", json.dumps(kinds), flush=True)
+                os._exit(0)
+            os.waitpid(pid, 0)
+            print("parent", json.dumps(kinds), flush=True)
+        asyncio.run(main())
+    """)
+    result = run_python(code, env=subprocess_env())
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert json.loads(lines["parent"]) == ["loop", "threads"]
+    assert json.loads(lines["child"]) == ["threads"]
