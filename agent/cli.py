@@ -175,11 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="example script to run (default examples/orders_pipeline.py)",
     )
     _add_run_parser(commands)
+    _add_tasks_parser(commands)
     demo.add_argument(
         "--once", action="store_true", help="exit after printing instead of serving until Ctrl-C"
     )
     _add_report_parser(commands)
-    _add_tasks_parser(commands)
     doctor = commands.add_parser(
         "doctor",
         help="check whether this agent can sample the target's stacks with py-spy",

@@ -1,5 +1,5 @@
 """The agent's HTTP surface: /metrics, /healthz, /readyz and the read-only JSON API
-(``/api/v1/state``, ``/api/v1/report``, ``/api/v1/tasks``).
+(``/api/v1/state``, ``/api/v1/report``).
 
 Scrapes are rendered in a worker thread so a large exposition never stalls ingest on the
 event loop. Only GET (and HEAD) exist; everything is read-only.
@@ -89,6 +89,18 @@ async def api_state(request: web.Request) -> web.Response:
     return web.json_response(document, dumps=lambda value: json.dumps(value, indent=1))
 
 
+async def api_tasks(request: web.Request) -> web.Response:
+    """What every task and thread waits on, per service and process (``?service=NAME``)."""
+    error = _query_error(request, _STATE_PARAMETERS)
+    if error is not None:
+        return _bad_request(error)
+    loop = asyncio.get_running_loop()
+    document = await loop.run_in_executor(
+        None, request.app[TASKS_KEY], request.query.get("service")
+    )
+    return web.json_response(document, dumps=lambda value: json.dumps(value, indent=1))
+
+
 async def api_report(request: web.Request) -> web.Response:
     """Drain reports: the latest per service, ``?service=NAME`` for one, ``?all=1`` for
     every kept report (newest first)."""
@@ -106,18 +118,6 @@ async def api_report(request: web.Request) -> web.Response:
     return web.json_response(document, dumps=lambda value: json.dumps(value, indent=1))
 
 
-async def api_tasks(request: web.Request) -> web.Response:
-    """What every task and thread waits on, per service and process (``?service=NAME``)."""
-    error = _query_error(request, _STATE_PARAMETERS)
-    if error is not None:
-        return _bad_request(error)
-    loop = asyncio.get_running_loop()
-    document = await loop.run_in_executor(
-        None, request.app[TASKS_KEY], request.query.get("service")
-    )
-    return web.json_response(document, dumps=lambda value: json.dumps(value, indent=1))
-
-
 async def index(request: web.Request) -> web.Response:
     return web.Response(
         text=(
@@ -125,7 +125,6 @@ async def index(request: web.Request) -> web.Response:
             "/metrics        Prometheus exposition (OpenMetrics when asked)\n"
             "/api/v1/state   everything the agent knows, as JSON (?service=NAME)\n"
             "/api/v1/report  drain reports: latest per service (?service=NAME, ?all=1)\n"
-            "/api/v1/tasks   what each task and thread waits on (?service=NAME)\n"
             "/healthz        liveness\n"
             "/readyz         readiness: ingest is listening\n"
         )
@@ -150,10 +149,10 @@ def build_app(
     app = web.Application(client_max_size=1024)
     app[STATE_KEY] = state
     app[REPORTS_KEY] = reports if reports is not None else DrainReports(state)
+    app[TASKS_KEY] = tasks if tasks is not None else lambda service: tasks_document(state, service)
     app[REGISTRY_KEY] = registry
     app[READY_KEY] = ready
     app[SCRAPED_KEY] = scraped if scraped is not None else _nothing
-    app[TASKS_KEY] = tasks if tasks is not None else lambda service: tasks_document(state, service)
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
