@@ -48,7 +48,7 @@ class _ServiceTasks:
     blocked: dict[str, int] = field(default_factory=dict)
     waits: list[tuple[float, str, str, int]] = field(default_factory=list)  # s, task, reason, pid
     lag: list[float] = field(default_factory=empty_lag)
-    lag_max: float | None = None
+    lag_max: float = 0.0  # over the live loops; 0 with none
     threads: list[tuple[float, str, str, Any]] = field(default_factory=list)  # s, name, reason, id
 
 
@@ -74,7 +74,7 @@ def _add_instance(view: _ServiceTasks, instance: Instance) -> None:
             view.blocked[label] = view.blocked.get(label, 0) + count
         for entry in record["top"]:
             view.waits.append((entry["wait"], entry["task"], entry["reason"], instance.pid))
-        view.lag_max = max(view.lag_max or 0.0, record["lag_max"])
+        view.lag_max = max(view.lag_max, record["lag_max"])
     if tasks.threads is not None:
         for entry in tasks.threads["top"]:
             key = entry.get("native_id") or entry["ident"]
@@ -127,7 +127,8 @@ class TaskCollector(Collector):
         )
         lag_max = GaugeMetricFamily(
             "drainwatch_event_loop_lag_max_seconds",
-            "Worst event-loop lag of the last 60 s, a block still going on included.",
+            "Worst event-loop lag of the last 60 s over the live loops (0 with none), a block "
+            "still going on included.",
             labels=["service"],
         )
         threads = GaugeMetricFamily(
@@ -181,8 +182,7 @@ def _add_lag(
         cumulative += count
         buckets.append((bound, cumulative))
     lag.add_metric([service], buckets, view.lag[-1])
-    if view.lag_max is not None:
-        lag_max.add_metric([service], view.lag_max)
+    lag_max.add_metric([service], view.lag_max)
 
 
 def _add_threads(family: GaugeMetricFamily, service: str, view: _ServiceTasks, cap: int) -> None:
