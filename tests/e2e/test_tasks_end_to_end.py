@@ -190,15 +190,18 @@ def _under_drainwatch_run(
         sys.executable, "-m", "drainwatch", "run", "--service", service,
         "--endpoint", endpoint, "--", sys.executable, str(script),
     ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
-        if process.stdout is not None:
-            process.stdout.close()
+    with open(script.parent / "stderr.log", "w") as stderr:
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+            if process.stdout is not None:
+                process.stdout.close()
 
 
 def test_the_drain_report_keeps_the_tasks_alive_at_the_deadline() -> None:
