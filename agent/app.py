@@ -25,13 +25,15 @@ from .config import AgentConfig, ListenAddress
 from .http_api import build_app
 from .metrics import StateCollector
 from .outside import OutsideView
-from .outside_metrics import OutsideCollector, outside_target
+from .outside_metrics import OutsideCollector, outside_target, pyspy_blocked_threads
 from .outside_report import OutsideReports
 from .pushgateway import grouping_key, push_final
 from .report_persistence import ReportWriter, restore
 from .report_store import DrainReports
 from .state import State
 from .state_dir import StateDir, StateDirCollector
+from .task_metrics import TaskCollector
+from .tasks_json import tasks_document
 
 logger = logging.getLogger("drainwatch.agent")
 
@@ -72,6 +74,9 @@ class Agent:
             StateCollector(self.state, self.reports, lambda: outside_target(self.outside, service))
         )
         self.registry.register(OutsideCollector(self.outside, service))
+        self.registry.register(
+            TaskCollector(self.state, lambda: pyspy_blocked_threads(self.outside, service))
+        )
         if self.outside.probes is not None:
             self.registry.register(ProbeCollector(self.outside.probes, service))
         if self.state_dir is not None:
@@ -115,7 +120,14 @@ class Agent:
             await self._wind_down()
 
     async def _start_http(self, stack: contextlib.AsyncExitStack) -> None:
-        app = build_app(self.state, self.registry, self.ready, self.reports, self._scraped)
+        app = build_app(
+            self.state,
+            self.registry,
+            self.ready,
+            self.reports,
+            self._scraped,
+            lambda service: tasks_document(self.state, service, self.outside),
+        )
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=_HTTP_SHUTDOWN_SECONDS
         )

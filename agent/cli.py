@@ -1,4 +1,5 @@
-"""The ``drainwatch`` command: ``agent`` (the sidecar), ``demo``, ``run``, ``report``, ``doctor``.
+"""The ``drainwatch`` command: ``agent`` (the sidecar), ``demo``, ``run``, ``report``, ``tasks``,
+``doctor``.
 
 Exit codes: 0 done, 1 a check or the demo failed, 2 usage or configuration error.
 """
@@ -11,7 +12,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .lint.cli import add_lint_parser, run_lint
@@ -177,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="example script to run (default examples/orders_pipeline.py)",
     )
     _add_run_parser(commands)
+    _add_tasks_parser(commands)
     demo.add_argument(
         "--once", action="store_true", help="exit after printing instead of serving until Ctrl-C"
     )
@@ -294,6 +296,31 @@ def _report(args: argparse.Namespace) -> int:
     return run_report(args.agent, args.service, args.json, everything=args.all)
 
 
+def _add_tasks_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tasks = commands.add_parser(
+        "tasks",
+        help="print what every task and thread waits on, and for how long (Go-style dump)",
+        description="Fetch /api/v1/tasks from a running agent and print, per service and "
+        "process, each event loop's tasks grouped by what they wait on (channel, lock, "
+        "socket, ...) with their stacks, the loop's lag and stalls, and the waiting threads. "
+        "Exit code 0 = printed, 2 = agent unreachable.",
+    )
+    tasks.add_argument(
+        "--agent",
+        metavar="URL",
+        default="http://127.0.0.1:9469",
+        help="the agent's HTTP address (its --listen; default http://127.0.0.1:9469)",
+    )
+    tasks.add_argument("--service", metavar="NAME", help="only this service")
+    tasks.add_argument("--json", action="store_true", help="print the JSON document as served")
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from .tasks_cli import run_tasks
+
+    return run_tasks(args.agent, args.service, args.json)
+
+
 def _flag_layer(args: argparse.Namespace) -> Layer:
     from .config import Source
 
@@ -387,17 +414,16 @@ def _agent_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "run":
-        return _run(args)
-    if args.command == "report":
-        return _report(args)
-    if args.command == "doctor":
-        return _doctor(args)
-    if args.command == "verify-shutdown":
-        return run_verify(args)
-    if args.command == "lint":
-        return run_lint(args)
-    return _agent_command(args)
+    # Subcommands that run once and return; "agent" and "demo" serve until stopped.
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": _run,
+        "report": _report,
+        "tasks": _tasks,
+        "doctor": _doctor,
+        "verify-shutdown": run_verify,
+        "lint": run_lint,
+    }
+    return commands.get(args.command, _agent_command)(args)
 
 
 if __name__ == "__main__":

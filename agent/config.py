@@ -46,6 +46,9 @@ class Limits:
     max_channel_objects_per_instance: int = 10_000
     max_methods_per_instance: int = 500
     max_label_length: int = 128
+    max_loops_per_instance: int = 16
+    max_blocked_tasks: int = 20  # per service: the longest task waits exported
+    max_blocked_threads: int = 50  # per service: the longest thread waits the SDK reports
 
 
 @dataclass(frozen=True)

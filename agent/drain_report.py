@@ -181,6 +181,10 @@ class DrainReport:
     rules: frozenset[str] = field(default_factory=frozenset)
     outside: Mapping[str, Any] | None = None  # what the sidecar saw from outside
     source: str = "sdk"  # sdk | outside (no SDK in the target) | restored (from the state dir)
+    # the SDK's loops and threads still there at the drain deadline (agent/task_state.py)
+    tasks_at_deadline: Mapping[str, Any] | None = None
+    # blocks of the event loop during the shutdown, with the blocking code's stack
+    loop_stalls: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def signal(self) -> tuple[str, float] | None:
@@ -267,6 +271,10 @@ class DrainReport:
             "updated": self.updated,
             "source": self.source,
             "outside": None if self.outside is None else dict(self.outside),
+            "tasks_at_deadline": (
+                None if self.tasks_at_deadline is None else dict(self.tasks_at_deadline)
+            ),
+            "loop_stalls": [dict(stall) for stall in self.loop_stalls],
         }
 
     def _step_json(self, step: WaterfallStep) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -20,6 +21,7 @@ from .report_store import DrainReports
 from .state import State
 from .state_json import state_document
 from .status_page import add_page_routes
+from .tasks_json import tasks_document
 
 _STATE_PARAMETERS = frozenset({"service"})
 _REPORT_PARAMETERS = frozenset({"service", "all"})
@@ -30,6 +32,7 @@ REPORTS_KEY = web.AppKey("reports", DrainReports)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 READY_KEY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")
 SCRAPED_KEY: web.AppKey[Callable[[], None]] = web.AppKey("scraped")
+TASKS_KEY: web.AppKey[Callable[[str | None], dict[str, Any]]] = web.AppKey("tasks")
 
 
 def _bad_request(message: str) -> web.Response:
@@ -70,6 +73,18 @@ async def api_state(request: web.Request) -> web.Response:
     return web.json_response(document, dumps=lambda value: json.dumps(value, indent=1))
 
 
+async def api_tasks(request: web.Request) -> web.Response:
+    """What every task and thread waits on, per service and process (``?service=NAME``)."""
+    error = _query_error(request, _STATE_PARAMETERS)
+    if error is not None:
+        return _bad_request(error)
+    loop = asyncio.get_running_loop()
+    document = await loop.run_in_executor(
+        None, request.app[TASKS_KEY], request.query.get("service")
+    )
+    return web.json_response(document, dumps=lambda value: json.dumps(value, indent=1))
+
+
 async def api_report(request: web.Request) -> web.Response:
     """Drain reports: the latest per service, ``?service=NAME`` for one, ``?all=1`` for
     every kept report (newest first)."""
@@ -97,12 +112,15 @@ def build_app(
     ready: Callable[[], bool],
     reports: DrainReports | None = None,
     scraped: Callable[[], None] | None = None,
+    tasks: Callable[[str | None], dict[str, Any]] | None = None,
 ) -> web.Application:
     """``scraped`` is called after each /metrics exposition was rendered (a stopping agent
-    waits for one before it leaves)."""
+    waits for one before it leaves); ``tasks(service)`` builds the /api/v1/tasks document
+    (default: from the state alone, without py-spy's threads)."""
     app = web.Application(client_max_size=1024)
     app[STATE_KEY] = state
     app[REPORTS_KEY] = reports if reports is not None else DrainReports(state)
+    app[TASKS_KEY] = tasks if tasks is not None else lambda service: tasks_document(state, service)
     app[REGISTRY_KEY] = registry
     app[READY_KEY] = ready
     app[SCRAPED_KEY] = scraped if scraped is not None else _nothing
@@ -112,4 +130,5 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1/state", api_state)
     app.router.add_get("/api/v1/report", api_report)
+    app.router.add_get("/api/v1/tasks", api_tasks)
     return app

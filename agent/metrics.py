@@ -249,6 +249,9 @@ def _agent_families(
         "channel_objects",
         "methods",
         "label_length",
+        "loops",
+        "tasks",
+        "threads",
     ):
         capped_family.add_metric([service, limit], capped.get(limit, 0))
     yield capped_family

@@ -26,9 +26,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .outside import OutsideSnapshot, OutsideView
+from .task_metrics import BlockedThread
 
 _MAX_THREADS: Final = 50
-SOURCE_PYSPY: Final = "pyspy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,12 +181,6 @@ def _pyspy_families(snap: OutsideSnapshot, service: str) -> Iterator[Metric]:
         "...); absent while sampling works.",
         ["service", "reason"],
     )
-    blocked = _gauge(
-        "drainwatch_thread_blocked_seconds",
-        "Threads stuck in the same wait at the same place, and for how long (a lower bound: "
-        "py-spy sees the wait once per sample). source: pyspy (outside) or sdk (inside).",
-        ["service", "thread", "reason", "source"],
-    )
     sampler = snap.sampler
     if sampler is not None:
         for result in (*RESULTS, SKIPPED_BUSY, SKIPPED_RATE):
@@ -196,12 +190,25 @@ def _pyspy_families(snap: OutsideSnapshot, service: str) -> Iterator[Metric]:
         duration.add_metric([service], buckets, sampler.duration_sum)
         for reason in sorted(sampler.unavailable):
             unavailable.add_metric([service, reason], 1)
-        waiting = sorted(
-            (thread for thread in sampler.threads if thread.waiting),
-            key=lambda thread: -thread.blocked_seconds,
-        )
-        for thread in waiting[:_MAX_THREADS]:
-            blocked.add_metric(
-                [service, thread.label, thread.reason, SOURCE_PYSPY], thread.blocked_seconds
-            )
-    yield from (results, duration, unavailable, blocked)
+    yield from (results, duration, unavailable)
+
+
+def pyspy_blocked_threads(
+    view: OutsideView, default_service: str
+) -> tuple[str, list[BlockedThread]] | None:
+    """The threads py-spy last found waiting, longest first (at most 50), for
+    ``drainwatch_thread_blocked_seconds{source="pyspy"}`` (exported with the SDK's threads
+    by ``task_metrics.TaskCollector``); None until a sampler runs."""
+    snap = view.snapshot()
+    sampler = snap.sampler
+    if sampler is None:
+        return None
+    waiting = sorted(
+        (thread for thread in sampler.threads if thread.waiting),
+        key=lambda thread: -thread.blocked_seconds,
+    )
+    threads = [
+        BlockedThread(thread.label, thread.reason, thread.blocked_seconds)
+        for thread in waiting[:_MAX_THREADS]
+    ]
+    return service_of(snap, default_service), threads

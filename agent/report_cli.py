@@ -16,6 +16,8 @@ import urllib.parse
 import urllib.request
 from typing import Any, Final, TextIO
 
+from drainwatch._task_dump import render_loop, render_threads
+
 DEFAULT_AGENT_URL: Final = "http://127.0.0.1:9469"
 TIMEOUT_SECONDS: Final = 5.0
 BAR_WIDTH: Final = 40
@@ -33,16 +35,25 @@ def fetch(
     agent: str, service: str | None = None, everything: bool = False, timeout: float = 5.0
 ) -> dict[str, Any]:
     """GET ``/api/v1/report`` from ``agent``; raise ``ReportError`` with the next step."""
+    query = {"service": service} if service else {}
+    if everything:
+        query["all"] = "1"
+    document = get_json(agent, "/api/v1/report", query, timeout)
+    if not isinstance(document, dict) or not isinstance(document.get("reports"), list):
+        raise ReportError(f"{agent} answered without a report list; is {agent} a drainwatch agent?")
+    return document
+
+
+def get_json(agent: str, path: str, query: dict[str, str], timeout: float = 5.0) -> Any:
+    """GET ``path`` from the agent at ``agent`` and parse the JSON answer; raise
+    ``ReportError`` naming what went wrong and the next step."""
     parsed = urllib.parse.urlsplit(agent)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ReportError(
             f"--agent must be an http:// URL such as {DEFAULT_AGENT_URL} "
             f"(the agent's --listen address): {agent!r}"
         )
-    query = {"service": service} if service else {}
-    if everything:
-        query["all"] = "1"
-    url = agent.rstrip("/") + "/api/v1/report"
+    url = agent.rstrip("/") + path
     if query:
         url += "?" + urllib.parse.urlencode(query)
     try:
@@ -60,14 +71,11 @@ def fetch(
             "Pass its --listen address with --agent http://HOST:PORT"
         ) from None
     try:
-        document = json.loads(body)
+        return json.loads(body)
     except ValueError:
         raise ReportError(
             f"{url} did not answer with JSON; is {agent} a drainwatch agent?"
         ) from None
-    if not isinstance(document, dict) or not isinstance(document.get("reports"), list):
-        raise ReportError(f"{url} answered without a report list; is {agent} a drainwatch agent?")
-    return document
 
 
 def _error_text(body: bytes) -> str:
@@ -217,6 +225,37 @@ def _findings(report: dict[str, Any]) -> list[str]:
                 else f"closed at {_clock(channel['closed'])}"
             )
             lines.append(f"    {channel['name']}: {channel['depth']} item(s), {closed}")
+    lines.extend(_loop_stalls(report.get("loop_stalls")))
+    lines.extend(_deadline_tasks(report.get("tasks_at_deadline")))
+    return lines
+
+
+def _loop_stalls(stalls: object) -> list[str]:
+    """Blocks of the event loop during the shutdown, with the code that blocked it."""
+    if not isinstance(stalls, list) or not stalls:
+        return []
+    lines = ["  event loop blocked during the shutdown:"]
+    for stall in stalls:
+        if not isinstance(stall, dict):
+            continue
+        seconds = stall.get("seconds")
+        length = f"{seconds:.2f} s" if isinstance(seconds, int | float) else "?"
+        lines.append(f"    {length} at {_clock(stall.get('at'))} on thread {stall.get('thread')}:")
+        stack = stall.get("stack") or ["(not seen while it lasted: the blocking code held the GIL)"]
+        lines.extend(f"      {frame}" for frame in stack)
+    return lines
+
+
+def _deadline_tasks(found: object) -> list[str]:
+    """What was still there at the drain deadline (or when the process was killed)."""
+    if not isinstance(found, dict):
+        return []
+    when = "when it was killed" if found.get("reason") == "killed" else "at the drain deadline"
+    lines = [f"  what kept the process from exiting: tasks and threads {when}:"]
+    for loop in found.get("loops") or []:
+        lines.extend(f"    {line}" if line else "" for line in render_loop(loop))
+    if found.get("threads"):
+        lines.extend(f"    {line}" if line else "" for line in render_threads(found["threads"]))
     return lines
 
 

@@ -184,6 +184,9 @@ def report_from_json(doc: object) -> DrainReport:
     outside = doc.get("outside")
     if outside is not None and not isinstance(outside, Mapping):
         raise ReportFormatError("outside: expected an object")
+    at_deadline = doc.get("tasks_at_deadline")  # absent in reports saved before it existed
+    if at_deadline is not None and not isinstance(at_deadline, Mapping):
+        raise ReportFormatError("tasks_at_deadline: expected an object")
     return DrainReport(
         service=_field(doc, "service", _text),
         instance=_field(doc, "instance", _text),
@@ -213,4 +216,6 @@ def report_from_json(doc: object) -> DrainReport:
         rules=frozenset(violation.rule for violation in violations),
         outside=outside,
         source=RESTORED,
+        tasks_at_deadline=at_deadline,
+        loop_stalls=tuple(_list(doc.get("loop_stalls"), "loop_stalls")),
     )

@@ -22,6 +22,7 @@ from typing import Any, Final, Protocol
 from .config import DEFAULT_DRAIN_BUDGET_SECONDS
 from .drain_report import DrainReport, build_report, snapshot, wants_report
 from .state import Instance, Service, State
+from .task_state import note_deadline, stalls_since
 from .verdicts import RULES
 
 logger = logging.getLogger("drainwatch.agent")
@@ -155,6 +156,12 @@ class DrainReports:
             if entry is not None and entry.report.complete and entry.version == version:
                 return
         report = build_report(snapshot(service, instance, forgotten), self.budget_seconds, now)
+        deadline = note_deadline(
+            instance.tasks, report.origin, report.ended, report.killed, self.budget_seconds, now
+        )
+        stalls = stalls_since(instance.tasks, report.origin)
+        if deadline is not None or stalls:
+            report = replace(report, tasks_at_deadline=deadline, loop_stalls=stalls)
         if self.outside is not None:
             try:
                 report = self.outside.augment(report)

@@ -23,6 +23,7 @@ from drainwatch.collectors.sdk_decode import Decoded, Envelope
 
 from .config import Limits
 from .shutdown_state import InflightMethod, merge_shutdown
+from .task_state import InstanceTasks, apply_loop, apply_threads, empty_lag, fold_lag
 
 OTHER = "other"
 _COUNTERS = (
@@ -113,6 +114,8 @@ class Instance:
     # Request outcomes when the shutdown began (first datagram with a phase past
     # "running"), so a drain report can tell what happened during the shutdown.
     outcomes_at_shutdown: dict[tuple[str, str], dict[str, int]] | None = None
+    # its event loops' tasks and lag, and its threads (agent/task_state.py)
+    tasks: InstanceTasks = field(default_factory=InstanceTasks)
 
 
 @dataclass(slots=True)
@@ -126,6 +129,8 @@ class Service:
     # dropped / lost counts of processes that were forgotten, so the totals never go back
     retired_dropped: int = 0
     retired_lost: int = 0
+    # event-loop lag of processes that were forgotten, so the histogram never goes back
+    retired_lag: list[float] = field(default_factory=empty_lag)
 
 
 @dataclass(slots=True)
@@ -188,6 +193,10 @@ class State:
                     instance.shutdown = merge_shutdown(instance.shutdown, record)
                 elif kind == "inflight":
                     self._apply_inflight(instance, record)
+                elif kind == "loop":
+                    apply_loop(instance.tasks, record, self.limits, self._label, self._capped)
+                elif kind == "threads":
+                    apply_threads(instance.tasks, record, self.limits, self._label, self._capped)
                 else:
                     instance.started = record["started"]
                     instance.python = record["python"]
@@ -309,6 +318,7 @@ class State:
             retired.absorb(method)
         service.retired_dropped += instance.dropped
         service.retired_lost += instance.lost
+        fold_lag(service.retired_lag, instance.tasks)
         service.instances.pop(instance.instance, None)
 
     def disconnected(self, instance_id: str) -> None:

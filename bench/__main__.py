@@ -1,4 +1,8 @@
-"""``python -m bench [--quick] [--output docs/performance.md]``: run the suite, print the table.
+"""``python -m bench [--quick] [--only NAME] [--output docs/performance.md]``: run the suite,
+print the table.
+
+``--only`` runs the named figures alone; with ``--output`` naming an existing report their
+rows replace (or join) the ones there and the others are kept (``bench.doc_update``).
 
 Exit codes: 0 all figures ran (and, in full mode, met their budgets); 1 a budget was missed
 in full mode; 2 a benchmark could not run.
@@ -20,10 +24,12 @@ import drainwatch
 from .agent_overhead import agent_overhead
 from .channels import awaited_handoff, nowait_pair
 from .close_latency import close_latency
+from .doc_update import update_doc
 from .figure import Figure
 from .grpc_latency import grpc_unary
 from .pyspy_overhead import pyspy_overhead
 from .report import console_table, performance_doc, this_machine, write_doc
+from .tasks_overhead import lag_monitor_cpu, task_tracking_throughput
 from .threads import thread_handoff
 
 EXIT_BUDGET_MISSED = 1
@@ -47,6 +53,10 @@ class Plan:
     grpc_calls: int
     grpc_rounds: int
     pyspy_rounds: int
+    task_window: float
+    task_rounds: int
+    lag_window: float
+    lag_rounds: int
 
 
 QUICK = Plan(
@@ -62,6 +72,10 @@ QUICK = Plan(
     grpc_calls=200,
     grpc_rounds=5,
     pyspy_rounds=1,
+    task_window=0.5,
+    task_rounds=2,
+    lag_window=0.5,
+    lag_rounds=2,
 )
 FULL = Plan(
     pairs=50_000,
@@ -76,6 +90,10 @@ FULL = Plan(
     grpc_calls=2_000,
     grpc_rounds=21,
     pyspy_rounds=30,
+    task_window=2.0,
+    task_rounds=15,
+    lag_window=2.0,
+    lag_rounds=9,
 )
 
 
@@ -87,6 +105,14 @@ def _parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="few iterations: check that everything runs (< 60 s); budgets are not enforced",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="NAME",
+        action="append",
+        choices=sorted(label for label, _ in _benchmarks(QUICK)),
+        help="run only this figure (repeatable); with --output, update those rows of an "
+        "existing report and keep the others",
     )
     parser.add_argument(
         "--output",
@@ -107,15 +133,19 @@ def _benchmarks(plan: Plan) -> list[tuple[str, Callable[[], Figure | list[Figure
         ("gRPC unary (sync)", lambda: grpc_unary("sync", plan.grpc_calls, plan.grpc_rounds)),
         ("gRPC unary (aio)", lambda: grpc_unary("aio", plan.grpc_calls, plan.grpc_rounds)),
         ("py-spy overhead", lambda: pyspy_overhead(plan.pyspy_rounds)),
+        ("task tracking", lambda: task_tracking_throughput(plan.task_window, plan.task_rounds)),
+        ("lag monitor", lambda: lag_monitor_cpu(plan.lag_window, plan.lag_rounds)),
     ]
 
 
-def _run(plan: Plan) -> tuple[list[Figure], list[str]]:
+def _run(plan: Plan, only: Sequence[str] | None) -> tuple[list[Figure], list[str]]:
     figures: list[Figure] = []
     errors: list[str] = []
     # The micro-benchmarks never touch the reporter; keep its thread and socket out of them.
     drainwatch.configure(enabled=False)
     for label, benchmark in _benchmarks(plan):
+        if only and label not in only:
+            continue
         started = time.monotonic()
         print(f"running {label} ...", file=sys.stderr, flush=True)
         try:
@@ -134,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(arguments)
     plan = QUICK if args.quick else FULL
     started = time.monotonic()
-    figures, errors = _run(plan)
+    figures, errors = _run(plan, args.only)
     print()
     print(console_table(figures))
     print(f"\n{len(figures)} figures in {time.monotonic() - started:.0f} s")
@@ -144,7 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     output: Path | None = args.output or (None if args.quick else _DEFAULT_OUTPUT)
     if output is not None:
         command = shlex.join(["python", "-m", "bench", *arguments])
-        write_doc(output, performance_doc(figures, command, this_machine(), args.quick))
+        if args.only and output.exists():
+            write_doc(output, update_doc(output.read_text(), figures, command, this_machine()))
+        else:
+            write_doc(output, performance_doc(figures, command, this_machine(), args.quick))
         print(f"wrote {output}")
     missed = [figure for figure in figures if not figure.meets]
     if args.quick:

@@ -3,9 +3,9 @@
 py-spy's frames name most waits (``Queue.get``, ``socket.recv``, ...). When they say
 nothing, the thread's kernel state decides: ``ProcKernelWaits`` reads the system call from
 ``/proc/PID/task/TID/syscall`` and, for a call on a file descriptor, what kind of file it is.
-The rules themselves are in :mod:`drainwatch.collectors.thread_waits`; the sampler
-(:mod:`drainwatch.collectors.pyspy_sampler`) takes the reader as a ``KernelWaitReader`` so
-tests hand in recorded kernel states.
+The rules themselves are in :mod:`drainwatch._thread_waits`, shared with the SDK's own
+thread tracker; the sampler (:mod:`drainwatch.collectors.pyspy_sampler`) takes the reader
+as a ``KernelWaitReader`` so tests hand in recorded kernel states.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import os
 import platform
 from typing import Protocol
 
-from drainwatch.collectors.pyspy import PySpyThread
-from drainwatch.collectors.thread_waits import (
+from drainwatch._thread_waits import (
     FD_CALLS,
     KernelWait,
     Wait,
@@ -24,6 +23,7 @@ from drainwatch.collectors.thread_waits import (
     fd_kind,
     parse_syscall,
 )
+from drainwatch.collectors.pyspy import PySpyThread
 
 
 class KernelWaitReader(Protocol):

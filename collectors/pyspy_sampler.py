@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from drainwatch._thread_waits import Wait
 from drainwatch.collectors.kernel_waits import KernelWaitReader, ProcKernelWaits, classify_thread
 from drainwatch.collectors.pyspy import (
     BINARY_MISSING,
@@ -33,7 +34,6 @@ from drainwatch.collectors.pyspy import (
     PySpyThread,
 )
 from drainwatch.collectors.sampler_snapshot import LastWords, SamplerSnapshot, ThreadWait
-from drainwatch.collectors.thread_waits import Wait
 
 # The kernel-wait reader and the snapshot types are how a sampler is built and read, so
 # callers get them from here along with the sampler.

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from drainwatch._thread_waits import NOT_WAITING
 from drainwatch.collectors.pyspy import PySpyFrame
-from drainwatch.collectors.thread_waits import NOT_WAITING
 
 
 @dataclass(frozen=True, slots=True)

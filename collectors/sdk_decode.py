@@ -9,12 +9,23 @@ evaluated or used as a path; strings are only stored and later escaped on output
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeGuard
 
-from drainwatch._histogram import WAIT_BUCKETS
 from drainwatch._protocol import MAX_DATAGRAM_BYTES, PROTOCOL_VERSION
+
+from .decode_values import (
+    MAX_STRING_CHARS,
+    is_histogram,
+    is_int,
+    is_optional_text,
+    is_optional_timestamp,
+    is_seconds,
+    is_text,
+    is_timestamp,
+)
+from .task_decode import check_loop, check_threads
 
 # Reasons, as they appear in drainwatch_agent_events_rejected_total{reason}.
 OVERSIZED: Final = "oversized"
@@ -24,12 +35,6 @@ SCHEMA: Final = "schema"
 UNKNOWN_TYPE: Final = "unknown_type"
 REJECT_REASONS: Final = (OVERSIZED, MALFORMED, VERSION, SCHEMA, UNKNOWN_TYPE)
 
-MAX_STRING_CHARS: Final = 1024
-# Timestamps beyond year 2200 or before 2000 are not from a real clock.
-_MIN_TIMESTAMP: Final = 946_684_800.0
-_MAX_TIMESTAMP: Final = 7_258_118_400.0
-_MAX_COUNT: Final = 2**63 - 1
-_BUCKET_COUNT: Final = len(WAIT_BUCKETS) + 1
 _CHANNEL_KINDS: Final = frozenset({"asyncio", "thread", "asyncio_queue", "thread_queue"})
 _PROTOCOLS: Final = frozenset({"grpc", "http", "websocket"})
 _OUTCOMES: Final = ("ok", "error", "cancelled", "aborted_at_shutdown", "rejected_draining")
@@ -78,32 +83,6 @@ def _no_constants(name: str) -> float:
     raise ValueError(f"{name} is not allowed")
 
 
-def _is_int(value: object, low: int = 0, high: int = _MAX_COUNT) -> bool:
-    return type(value) is int and low <= value <= high
-
-
-def _is_number(value: object, low: float, high: float) -> bool:
-    if type(value) is float or type(value) is int:
-        return low <= value <= high
-    return False
-
-
-def _is_text(value: object, limit: int = MAX_STRING_CHARS) -> bool:
-    return type(value) is str and 0 < len(value) <= limit
-
-
-def _is_optional_text(value: object) -> bool:
-    return value is None or _is_text(value)
-
-
-def _is_timestamp(value: object) -> bool:
-    return _is_number(value, _MIN_TIMESTAMP, _MAX_TIMESTAMP)
-
-
-def _is_optional_timestamp(value: object) -> bool:
-    return value is None or _is_timestamp(value)
-
-
 def decode_datagram(data: bytes) -> Decoded:
     """Parse one datagram; raise ``Rejected`` if the whole datagram must be dropped."""
     if len(data) > MAX_DATAGRAM_BYTES:
@@ -138,14 +117,14 @@ def _envelope(message: dict[str, Any]) -> Envelope:
     seq = message.get("seq")
     sent = message.get("time")
     dropped = message.get("dropped", 0)
-    if not _is_optional_text(service):
+    if not is_optional_text(service):
         raise Rejected(SCHEMA, '"service" must be null or a non-empty string')
     if not (
-        _is_text(instance, 64)
-        and _is_int(pid, 1, 2**31)
-        and _is_int(seq, 1)
-        and _is_timestamp(sent)
-        and _is_int(dropped)
+        is_text(instance, 64)
+        and is_int(pid, 1, 2**31)
+        and is_int(seq, 1)
+        and is_timestamp(sent)
+        and is_int(dropped)
     ):
         raise Rejected(SCHEMA, "envelope fields instance/pid/seq/time/dropped are missing or wrong")
     return Envelope(service, instance, pid, seq, float(sent), dropped)  # type: ignore[arg-type]
@@ -154,29 +133,21 @@ def _envelope(message: dict[str, Any]) -> Envelope:
 def _check_record(record: object) -> str | None:
     if type(record) is not dict:
         return SCHEMA
-    kind = record.get("type")
-    if kind == "channel":
-        return _check_channel(record)
-    if kind == "process":
-        return _check_process(record)
-    if kind == "inflight":
-        return _check_inflight(record)
-    if kind == "shutdown":
-        return _check_shutdown(record)
-    return UNKNOWN_TYPE
+    check = _RECORD_CHECKS.get(record.get("type"))
+    return UNKNOWN_TYPE if check is None else check(record)
 
 
 def _check_inflight(record: dict[str, Any]) -> str | None:
     outcomes = record.get("outcomes")
     ok = (
         record.get("protocol") in _PROTOCOLS
-        and _is_text(record.get("method"))
-        and _is_int(record.get("active"))
-        and _is_int(record.get("started_during_drain"))
+        and is_text(record.get("method"))
+        and is_int(record.get("active"))
+        and is_int(record.get("started_during_drain"))
         and type(outcomes) is dict
         and len(outcomes) == len(_OUTCOMES)
-        and all(_is_int(outcomes.get(outcome)) for outcome in _OUTCOMES)
-        and _check_histogram(record.get("duration"))
+        and all(is_int(outcomes.get(outcome)) for outcome in _OUTCOMES)
+        and is_histogram(record.get("duration"))
     )
     return None if ok else SCHEMA
 
@@ -202,10 +173,10 @@ def _check_step(step: object) -> bool:
     return (
         type(step) is dict
         and step.keys() >= _STEP_KEYS
-        and _is_timestamp(step.get("started"))
-        and _is_optional_timestamp(step.get("finished"))
+        and is_timestamp(step.get("started"))
+        and is_optional_timestamp(step.get("finished"))
         and step.get("ok") in (None, True, False)
-        and _is_optional_text(step.get("detail"))
+        and is_optional_text(step.get("detail"))
     )
 
 
@@ -214,22 +185,22 @@ def _check_listener(listener: object) -> bool:
         type(listener) is dict
         and listener.keys() >= _LISTENER_KEYS
         and listener.get("role") in _ROLES
-        and (listener.get("port") is None or _is_int(listener.get("port"), 0, 65535))
-        and _is_timestamp(listener.get("opened"))
-        and _is_optional_timestamp(listener.get("stop_started"))
-        and _is_optional_timestamp(listener.get("closed"))
+        and (listener.get("port") is None or is_int(listener.get("port"), 0, 65535))
+        and is_timestamp(listener.get("opened"))
+        and is_optional_timestamp(listener.get("stop_started"))
+        and is_optional_timestamp(listener.get("closed"))
     )
 
 
 def _check_component(component: object) -> bool:
-    if type(component) is not dict or not _is_text(component.get("name")):
+    if type(component) is not dict or not is_text(component.get("name")):
         return False
     depends_on = component.get("depends_on")
     return (
         type(depends_on) is list
         and len(depends_on) <= _MAX_TOPOLOGY_NODES
-        and all(_is_text(name) for name in depends_on)
-        and _is_optional_text(component.get("role"))
+        and all(is_text(name) for name in depends_on)
+        and is_optional_text(component.get("role"))
     )
 
 
@@ -249,16 +220,16 @@ def _check_topology(topology: object) -> bool:
 def _check_signal(signal: object) -> bool:
     return (
         type(signal) is dict
-        and _is_text(signal.get("signal"), 32)
-        and _is_timestamp(signal.get("at"))
+        and is_text(signal.get("signal"), 32)
+        and is_timestamp(signal.get("at"))
     )
 
 
 def _check_health(health: object) -> bool:
     return (
         type(health) is dict
-        and _is_text(health.get("status"), 32)
-        and _is_timestamp(health.get("at"))
+        and is_text(health.get("status"), 32)
+        and is_timestamp(health.get("at"))
     )
 
 
@@ -266,7 +237,7 @@ def _check_exit_counts(counts: object) -> bool:
     return counts is None or (
         type(counts) is dict
         and set(counts) <= _PROTOCOLS
-        and all(_is_int(count) for count in counts.values())
+        and all(is_int(count) for count in counts.values())
     )
 
 
@@ -285,13 +256,13 @@ def _check_shutdown(record: dict[str, Any]) -> str | None:
         and _is_small_map(steps)
         and all(_check_step(step) for step in steps.values())
         and record.get("ready") in (None, True, False)
-        and _is_optional_timestamp(record.get("ready_changed"))
+        and is_optional_timestamp(record.get("ready_changed"))
         and _is_small_map(health)
         and all(_check_health(entry) for entry in health.values())
         and _is_small_map(listeners)
         and all(_check_listener(listener) for listener in listeners.values())
-        and _is_optional_timestamp(record.get("exited"))
-        and (exit_code is None or _is_int(exit_code, -255, 255))
+        and is_optional_timestamp(record.get("exited"))
+        and (exit_code is None or is_int(exit_code, -255, 255))
         and _check_exit_counts(record.get("inflight_at_exit"))
         and _check_topology(record.get("topology"))
     )
@@ -300,65 +271,61 @@ def _check_shutdown(record: dict[str, Any]) -> str | None:
 
 def _check_process(record: dict[str, Any]) -> str | None:
     ok = (
-        _is_timestamp(record.get("started"))
-        and _is_text(record.get("python"), 32)
-        and _is_text(record.get("sdk"), 32)
-        and _is_int(record.get("channels"))
-        and _is_int(record.get("internal_errors", 0))
+        is_timestamp(record.get("started"))
+        and is_text(record.get("python"), 32)
+        and is_text(record.get("sdk"), 32)
+        and is_int(record.get("channels"))
+        and is_int(record.get("internal_errors", 0))
     )
     return None if ok else SCHEMA
-
-
-def _check_histogram(value: object) -> bool:
-    if type(value) is not dict:
-        return False
-    counts = value.get("counts")
-    total = value.get("sum")
-    return (
-        type(counts) is list
-        and len(counts) == _BUCKET_COUNT
-        and all(_is_int(count) for count in counts)
-        and _is_number(total, 0.0, math.inf)
-        and value.get("count") == sum(counts)
-    )
 
 
 def _check_pair(value: object, check: Any) -> bool:
     return type(value) is dict and check(value.get("send")) and check(value.get("receive"))
 
 
-def _is_count(value: object) -> bool:
-    return _is_int(value)
-
-
-def _is_seconds(value: object) -> bool:
-    return _is_number(value, 0.0, 1e9)
-
-
 def _check_channel(record: dict[str, Any]) -> str | None:
     ok = (
         record.get("trigger") in _TRIGGERS
-        and _is_int(record.get("id"), 1)
-        and _is_text(record.get("name"))
+        and is_int(record.get("id"), 1)
+        and is_text(record.get("name"))
         and record.get("kind") in _CHANNEL_KINDS
-        and _is_optional_text(record.get("owner"))
-        and _is_int(record.get("capacity"))
-        and _is_timestamp(record.get("created"))
-        and _is_optional_timestamp(record.get("closed"))
+        and is_optional_text(record.get("owner"))
+        and is_int(record.get("capacity"))
+        and is_timestamp(record.get("created"))
+        and is_optional_timestamp(record.get("closed"))
         and type(record.get("immediate")) is bool
-        and _is_optional_text(record.get("closed_by"))
-        and _is_optional_text(record.get("closed_where"))
-        and _is_optional_timestamp(record.get("drained"))
-        and (record.get("residual") is None or _is_int(record.get("residual")))
-        and _is_int(record.get("depth"))
-        and _is_int(record.get("sent"))
-        and _is_int(record.get("received"))
-        and _is_int(record.get("discarded"))
-        and _is_int(record.get("read_after_close"))
-        and _is_int(record.get("send_after_close"))
-        and _is_int(record.get("double_close"))
-        and _check_pair(record.get("waiters"), _is_count)
-        and _check_pair(record.get("oldest_wait"), _is_seconds)
-        and _check_pair(record.get("wait"), _check_histogram)
+        and is_optional_text(record.get("closed_by"))
+        and is_optional_text(record.get("closed_where"))
+        and is_optional_timestamp(record.get("drained"))
+        and (record.get("residual") is None or is_int(record.get("residual")))
+        and is_int(record.get("depth"))
+        and is_int(record.get("sent"))
+        and is_int(record.get("received"))
+        and is_int(record.get("discarded"))
+        and is_int(record.get("read_after_close"))
+        and is_int(record.get("send_after_close"))
+        and is_int(record.get("double_close"))
+        and _check_pair(record.get("waiters"), is_int)
+        and _check_pair(record.get("oldest_wait"), is_seconds)
+        and _check_pair(record.get("wait"), is_histogram)
     )
     return None if ok else SCHEMA
+
+
+def _check_loop(record: dict[str, Any]) -> str | None:
+    return None if check_loop(record) else SCHEMA
+
+
+def _check_threads(record: dict[str, Any]) -> str | None:
+    return None if check_threads(record) else SCHEMA
+
+
+_RECORD_CHECKS: Final[dict[object, Callable[[dict[str, Any]], str | None]]] = {
+    "channel": _check_channel,
+    "process": _check_process,
+    "inflight": _check_inflight,
+    "shutdown": _check_shutdown,
+    "loop": _check_loop,
+    "threads": _check_threads,
+}

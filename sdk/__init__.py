@@ -8,6 +8,7 @@ that sends datagrams to the drainwatch agent (a sidecar), which serves Prometheu
     orders = drainwatch.Channel("orders", maxsize=100)   # asyncio.Queue drop-in
     jobs = drainwatch.ThreadChannel("jobs")              # queue.Queue drop-in
     orders.close()                                       # graceful: items stay readable
+    print(drainwatch.dump_tasks())                       # what every task waits on, Go-style
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ._coordinator import CycleError, ShutdownCoordinator, ShutdownResult, StepR
 from ._errors import ChannelClosed
 from ._graceful import graceful_stop, set_ready
 from ._signals import observe_signals
+from ._task_dump import dump_tasks
 from ._thread_channel import ThreadChannel
 from ._version import __version__
 from ._watch import watch_queue
@@ -32,6 +34,7 @@ __all__ = [
     "ThreadChannel",
     "__version__",
     "configure",
+    "dump_tasks",
     "flush",
     "graceful_stop",
     "observe_signals",

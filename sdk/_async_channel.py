@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 from ._caller import caller_location, current_actor
-from ._channel_base import ChannelBase
+from ._channel_base import ChannelBase, Waiter
 
 T = TypeVar("T")
 
@@ -208,6 +209,11 @@ class Channel(ChannelBase, Generic[T]):
             _oldest(self._putters, now),
             _oldest(self._getters, now),
         )
+
+    def waiting_now(self) -> Sequence[Waiter]:
+        return [("channel_send", future, started) for future, started in list(self._putters)] + [
+            ("channel_receive", future, started) for future, started in list(self._getters)
+        ]
 
 
 def _oldest(waiters: _Waiters, now: float) -> float:

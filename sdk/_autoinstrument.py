@@ -176,6 +176,18 @@ def patch_asyncio_runners(runners: Any) -> None:
     runners._cancel_all_tasks = cancel_all_tasks
 
 
+def track_tasks() -> None:
+    """Watch every event loop as it starts (its tasks and its lag), unless tracking is off,
+    and dump tasks and threads on ``DRAINWATCH_DUMP_SIGNAL`` when one is set."""
+    from ._task_dump import install_dump_signal
+    from ._tracking import TRACKING
+
+    settings = _runtime.current().settings
+    if settings.enabled and settings.tracking:
+        TRACKING.watch_loops_as_they_start()
+    install_dump_signal(settings.dump_signal)
+
+
 PATCHES: dict[str, Patch] = {
     "asyncio.runners": patch_asyncio_runners,
     "grpc": patch_grpc,
@@ -195,6 +207,7 @@ def install(patches: dict[str, Patch] | None = None) -> None:
     chosen = PATCHES if patches is None else patches
     try:
         _runtime.current()
+        track_tasks()
         observe_signals()
         patch_signal_installers()
         sys.meta_path.insert(0, _PostImportFinder(chosen))

@@ -11,6 +11,7 @@ import itertools
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from . import _runtime
@@ -19,6 +20,10 @@ from ._histogram import WaitHistogram
 from ._protocol import MAX_LOCATION_CHARS, MAX_NAME_CHARS, clip
 
 _channel_ids = itertools.count(1)
+
+# (reason, the waiting future or thread ident, start of the wait (time.monotonic()) when the
+# channel stamps it); reasons as in drainwatch._task_waits.
+Waiter = tuple[str, object, float | None]
 
 # An after-close event is sent at once unless the same channel sent one this recently;
 # a consumer spinning on a closed channel must not turn into a datagram flood. The
@@ -181,6 +186,14 @@ class ChannelBase(ABC):
     @abstractmethod
     def _waiting(self) -> tuple[int, int, float, float]:
         """(send waiters, receive waiters, oldest send wait s, oldest receive wait s)."""
+
+    def waiting_now(self) -> Sequence[Waiter]:
+        """Who is blocked on this channel now, for the task and thread trackers.
+
+        Read from the reporter thread without the channel's lock: each waiter list is
+        copied in one step (``list(deque)`` runs without releasing the GIL).
+        """
+        return []
 
     def record(self, trigger: str = "snapshot") -> dict[str, Any]:
         """This channel's state as a protocol v1 ``channel`` record (cumulative values)."""

@@ -30,8 +30,38 @@ MAX_LOCATION_CHARS = 400
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
+# Records with lists of stacks (``loop``, ``threads``) are cut to this size, so that each one
+# fits a datagram whatever the stacks hold.
+RECORD_BUDGET_BYTES = 24 * 1024
+
+
 def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _size(value: object) -> int:
+    return len(_dumps(value).encode())
+
+
+def fit(record: dict[str, Any], lists: Sequence[str], budget: int = RECORD_BUDGET_BYTES) -> None:
+    """Drop entries from the end of ``record[key]`` for each key of ``lists`` in turn (lists
+    are ordered most important first) until the record encodes within ``budget`` bytes, and
+    mark it ``truncated``. Never raises on values JSON cannot carry (``pack`` skips those)."""
+    try:
+        size = _size(record)
+    except (TypeError, ValueError):
+        return
+    if size <= budget:
+        return
+    record["truncated"] = True
+    for key in lists:
+        items = record.get(key)
+        if not isinstance(items, list):
+            continue
+        while items and size > budget:
+            size -= _size(items.pop()) + 1
+        if size <= budget:
+            return
 
 
 class Packer:

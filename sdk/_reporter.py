@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from . import _inflight, _shutdown
 from ._protocol import Packer
 from ._settings import Settings
+from ._tracking import TRACKING
 from ._transport import Transport
 from ._version import __version__
 
@@ -57,6 +58,8 @@ class Reporter:
         self._lock = threading.Lock()
         self._drop_lock = threading.RLock()
         self._wake = threading.Event()
+        # Set with _wake when a snapshot is wanted now; _wake alone only re-reads the tick.
+        self._hastened = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._started_at = time.time()
@@ -89,6 +92,10 @@ class Reporter:
     def packer(self) -> Packer:
         return self._packer
 
+    @property
+    def transport(self) -> Transport:
+        return self._transport
+
     # -- sending -----------------------------------------------------------------------------
 
     @property
@@ -101,13 +108,13 @@ class Reporter:
         # When the agent is only behind, a snapshot soon carries the same cumulative state;
         # when it is absent, an early snapshot would be refused too, so wait for the tick.
         if not self._send([record], deadline=None) and self._transport.connected:
-            self._wake.set()
+            self.hasten()
 
     def emit_many(self, records: list[dict[str, Any]]) -> None:
         """Send several records now, packed together, then wake the thread so it picks up
         the shutdown interval (and resends soon if this send was refused)."""
         self._send(records, deadline=None)
-        self._wake.set()
+        self.hasten()
 
     def _send(self, records: list[dict[str, Any]], deadline: float | None) -> bool:
         """Pack and send; retry a refused datagram until ``deadline`` (monotonic), if any.
@@ -135,6 +142,10 @@ class Reporter:
             refs = list(self._channels.values())
         records: list[dict[str, Any]] = [self._process_record(len(refs))]
         records.extend(self.shutdown_records())
+        try:
+            records.extend(TRACKING.records(self.settings, refs))
+        except Exception:  # tracking is a view; the snapshot goes out without it
+            self.internal_errors += 1
         for ref in refs:
             channel = ref()
             if channel is None:
@@ -176,6 +187,11 @@ class Reporter:
 
     def hasten(self) -> None:
         """Ask the thread for a snapshot soon (rate-limited) instead of at the next tick."""
+        self._hastened = True
+        self._wake.set()
+
+    def retick(self) -> None:
+        """A loop started or stopped being watched: re-read how often to check for stalls."""
         self._wake.set()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -193,8 +209,9 @@ class Reporter:
         self._thread = None
         self._transport.close()
 
-    def stop(self, timeout: float = 1.0) -> None:
-        """Stop the thread, send one final snapshot from the caller, close the transport."""
+    def stop(self, timeout: float = 1.0, close_transport: bool = True) -> None:
+        """Stop the thread, send one final snapshot from the caller, close the transport
+        (unless a successor goes on with it)."""
         self._stopping.set()
         self._wake.set()
         thread = self._thread
@@ -202,20 +219,39 @@ class Reporter:
             thread.join(timeout)
         if self.settings.enabled:
             self.flush(timeout=min(timeout, 0.5))
-        self._transport.close()
+        if close_transport:
+            self._transport.close()
 
     def _run(self) -> None:
+        last_snapshot = time.monotonic()
         while not self._stopping.is_set():
             interval = self.settings.interval
             if _shutdown.STATE.shutting_down:
                 interval = min(interval, SHUTDOWN_INTERVAL_SECONDS)
-            woken_early = self._wake.wait(interval)
+            # Between snapshots, wake when a watched loop's probe is overdue by the stall
+            # threshold, so that a blocked loop's stack is read while it is still blocked.
+            check = TRACKING.next_check() if self.settings.tracking else None
+            due = last_snapshot + interval
+            until = due if check is None else min(due, max(check, time.monotonic() + 0.001))
+            self._wake.wait(max(0.0, until - time.monotonic()))
             self._wake.clear()
             if self._stopping.is_set():
                 return
+            if check is not None:
+                TRACKING.check_stalls()
+            woken_early, self._hastened = self._hastened, False
+            if not woken_early and time.monotonic() < last_snapshot + interval:
+                continue
             self.flush()
+            last_snapshot = time.monotonic()
             if woken_early:
                 time.sleep(_MIN_HASTENED_GAP_SECONDS)
+
+    @property
+    def thread_ident(self) -> int | None:
+        """The reporter thread's ident (dumps leave it out), once it runs."""
+        thread = self._thread
+        return None if thread is None else thread.ident
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

@@ -29,9 +29,24 @@ _explicit: Settings | None = None
 _hooks_installed = False
 
 
+def _keeps_connection(settings: Settings, previous: Reporter | None, same_process: bool) -> bool:
+    """New settings with the same endpoint keep the connection: the agent takes a closed
+    connection for the process's end, and calling configure() once the first channel has
+    started the reporter (to watch a loop, say) is no such thing."""
+    return (
+        previous is not None
+        and same_process
+        and settings.enabled
+        and previous.settings.enabled
+        and previous.settings.endpoint == settings.endpoint
+    )
+
+
 def _build(settings: Settings, previous: Reporter | None, same_process: bool = True) -> Reporter:
     transport: Transport = NullTransport()
-    if settings.enabled:
+    if previous is not None and _keeps_connection(settings, previous, same_process):
+        transport = previous.transport
+    elif settings.enabled:
         try:
             transport = open_transport(settings.endpoint)
         except OSError as error:
@@ -84,9 +99,10 @@ def _replace(settings: Settings) -> Reporter:
     global _reporter
     previous = _reporter
     _install_process_hooks()
+    shared = _keeps_connection(settings, previous, same_process=True)
     reporter = _reporter = _build(settings, previous)
     if previous is not None:
-        previous.stop(timeout=0.5)
+        previous.stop(timeout=0.5, close_transport=not shared)
     return reporter
 
 
@@ -129,9 +145,11 @@ def _after_fork_in_child() -> None:
     _lock = threading.RLock()
     from ._inflight import REGISTRY
     from ._shutdown import STATE
+    from ._tracking import TRACKING
 
     STATE.reset_after_fork()
     REGISTRY.reset_after_fork()
+    TRACKING.reset_after_fork()
     previous = _reporter
     if previous is None:
         return
@@ -166,6 +184,12 @@ def hasten() -> None:
     reporter = _reporter
     if reporter is not None:
         reporter.hasten()
+
+
+def retick() -> None:
+    reporter = _reporter
+    if reporter is not None:
+        reporter.retick()
 
 
 def flush(timeout: float = 1.0) -> bool:

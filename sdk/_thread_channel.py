@@ -11,11 +11,11 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Generic, TypeVar
 
 from ._caller import caller_location, current_actor
-from ._channel_base import ChannelBase
+from ._channel_base import ChannelBase, Waiter
 
 T = TypeVar("T")
 
@@ -54,10 +54,10 @@ class ThreadChannel(ChannelBase, Generic[T]):
         self._not_empty = threading.Condition(self._mutex)
         self._not_full = threading.Condition(self._mutex)
         self._all_done = threading.Condition(self._mutex)
-        # Start times (monotonic) of current waits, oldest first; a multiset, so a waiter
-        # removes "a start equal to mine", which keeps the oldest at index 0.
-        self._get_waits: deque[float] = deque()
-        self._put_waits: deque[float] = deque()
+        # (start time (monotonic), thread ident) of current waits, oldest first: the
+        # waiter's own stamp, which the thread tracker reads to say who waits here since when.
+        self._get_waits: deque[tuple[float, int]] = deque()
+        self._put_waits: deque[tuple[float, int]] = deque()
         self._unfinished = 0
         self._init_state(name, maxsize, owner, strict)
 
@@ -90,7 +90,8 @@ class ThreadChannel(ChannelBase, Generic[T]):
     def _wait_for_room(self, timeout: float | None) -> None:
         _check_timeout(timeout)
         started = time.monotonic()
-        self._put_waits.append(started)
+        stamp = (started, threading.get_ident())
+        self._put_waits.append(stamp)
         try:
             if timeout is None:
                 while 0 < self._maxsize <= len(self._buffer) and not self._closed:
@@ -103,7 +104,7 @@ class ThreadChannel(ChannelBase, Generic[T]):
                         raise queue.Full
                     self._not_full.wait(remaining)
         finally:
-            self._put_waits.remove(started)
+            self._put_waits.remove(stamp)
             self._wait_send.observe(time.monotonic() - started)
 
     # -- receiving ---------------------------------------------------------------------------
@@ -145,7 +146,8 @@ class ThreadChannel(ChannelBase, Generic[T]):
     def _wait_for_item(self, timeout: float | None) -> None:
         _check_timeout(timeout)
         started = time.monotonic()
-        self._get_waits.append(started)
+        stamp = (started, threading.get_ident())
+        self._get_waits.append(stamp)
         try:
             if timeout is None:
                 while not self._buffer and not self._closed:
@@ -158,7 +160,7 @@ class ThreadChannel(ChannelBase, Generic[T]):
                         raise queue.Empty
                     self._not_empty.wait(remaining)
         finally:
-            self._get_waits.remove(started)
+            self._get_waits.remove(stamp)
             self._wait_receive.observe(time.monotonic() - started)
 
     def __iter__(self) -> Iterator[T]:
@@ -224,9 +226,14 @@ class ThreadChannel(ChannelBase, Generic[T]):
             _oldest(self._get_waits, now),
         )
 
+    def waiting_now(self) -> Sequence[Waiter]:
+        return [("channel_send", ident, started) for started, ident in list(self._put_waits)] + [
+            ("channel_receive", ident, started) for started, ident in list(self._get_waits)
+        ]
 
-def _oldest(starts: deque[float], now: float) -> float:
+
+def _oldest(starts: deque[tuple[float, int]], now: float) -> float:
     try:
-        return max(0.0, now - starts[0])
+        return max(0.0, now - starts[0][0])
     except IndexError:  # the last waiter left while the reporter looked
         return 0.0

@@ -16,11 +16,11 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Sequence, Sized
 from typing import Any, TypeVar
 
 from ._caller import caller_location, current_actor
-from ._channel_base import ChannelBase
+from ._channel_base import ChannelBase, Waiter
 
 Q = TypeVar("Q", bound=asyncio.Queue[Any] | queue.Queue[Any])
 
@@ -82,6 +82,17 @@ class QueueWatch(ChannelBase):
             return now - min(starts) if starts else 0.0
 
         return len(putters), len(getters), oldest(putters), oldest(getters)
+
+    def waiting_now(self) -> Sequence[Waiter]:
+        # Only an asyncio queue's waiters say who waits (futures of the waiting tasks); a
+        # thread queue's are anonymous locks. The queue does not stamp its waits.
+        if not isinstance(self._queue_ref(), asyncio.Queue):
+            return []
+        putters = list(self._putters_of())  # type: ignore[call-overload]
+        getters = list(self._getters_of())  # type: ignore[call-overload]
+        return [("queue_put", future, None) for future in putters] + [
+            ("queue_get", future, None) for future in getters
+        ]
 
     # -- hooks installed on the queue instance ----------------------------------------------
 

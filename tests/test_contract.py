@@ -15,9 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CONTRACT_ROW = re.compile(r"^\| `(drainwatch_[a-z_]+)` \| (counter|gauge|histogram) \|", re.M)
 
 # Every kind of fact, so that every family has at least one sample: a channel that is
-# closed and drained, a request, listeners, a shutdown with a signal and steps; and for the
-# outside view real listening sockets (one probed as health), an open connection, a thread
-# blocked in queue.get for py-spy to find. It prints its ports, then waits for "go".
+# closed and drained, a request, listeners, a shutdown with a signal and steps, a watched
+# event loop with a task parked on a channel; and for the outside view real listening
+# sockets (one probed as health), an open connection, a thread blocked in queue.get for
+# py-spy (and the SDK) to find. It prints its ports, then waits for "go".
 TARGET = """
 import asyncio, http.server, os, queue, signal, socket, sys, threading, drainwatch
 from drainwatch._inflight import REGISTRY
@@ -37,6 +38,13 @@ accepted, _ = business.accept()
 jobs = queue.Queue()
 threading.Thread(target=jobs.get, name="stuck-worker", daemon=True).start()
 boot = drainwatch.ThreadChannel("boot", maxsize=1)  # the agent learns this PID from the SDK
+
+async def watched():
+    drainwatch.configure()  # inside a loop: its tasks and lag are tracked
+    parked = drainwatch.Channel("parked")
+    asyncio.create_task(parked.get(), name="parked-task")
+    await asyncio.Event().wait()
+threading.Thread(target=asyncio.run, args=(watched(),), daemon=True).start()
 drainwatch.flush(timeout=2)
 print(health.server_address[1], business.getsockname()[1], flush=True)
 sys.stdin.readline()
@@ -126,8 +134,12 @@ def _scrapes_of_a_whole_shutdown(state_dir: str) -> list[str]:
                 assert found.value("drainwatch_sampler_unavailable", reason="binary_missing") == 1
                 unavailable = found.text
             agent.wait_for("drainwatch_probe_success", probe="liveness")
-            # blocked threads are a gauge of now: present while the target runs
-            running = agent.wait_for("drainwatch_thread_blocked_seconds", thread="stuck-worker")
+            # blocked threads and tasks are gauges of now: present while the target runs
+            agent.wait_for("drainwatch_task_blocked_seconds", task="parked-task")
+            agent.wait_for("drainwatch_thread_blocked_seconds", source="sdk")
+            running = agent.wait_for(
+                "drainwatch_thread_blocked_seconds", thread="stuck-worker", source="pyspy"
+            )
             assert (
                 running.value("drainwatch_thread_blocked_seconds", thread="stuck-worker")
                 is not None

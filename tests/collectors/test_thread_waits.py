@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from drainwatch.collectors import thread_waits
+from drainwatch import _thread_waits as thread_waits
+from drainwatch._thread_waits import KernelWait, classify, parse_syscall
 from drainwatch.collectors.kernel_waits import ProcKernelWaits, classify_thread
 from drainwatch.collectors.pyspy import (
     PySpyFrame,
@@ -30,7 +31,6 @@ from drainwatch.collectors.pyspy import (
     PySpyThread,
     parse_dump,
 )
-from drainwatch.collectors.thread_waits import KernelWait, classify, parse_syscall
 
 RECORDED = Path(__file__).parent / "recorded"
 CASES = ("py310", "py311", "py312", "py313")

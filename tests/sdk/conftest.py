@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -142,6 +143,7 @@ class Receiver:
         self.path = os.path.join(self.directory, "ingest.sock")
         self.endpoint = "unix://" + self.path
         self.malformed: list[bytes] = []
+        self.connections = 0  # accepted so far
         self._inbox: queue.Queue[Datagram] = queue.Queue()
         self._pending: list[tuple[Datagram, Record]] = []
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -171,6 +173,7 @@ class Receiver:
         except BlockingIOError:
             return
         connection.setblocking(False)
+        self.connections += 1
         selector.register(connection, selectors.EVENT_READ, connection)
 
     def _read(self, selector: selectors.BaseSelector, connection: socket.socket) -> None:
@@ -312,3 +315,14 @@ def run_python(
         timeout=timeout,
         check=False,
     )
+
+
+def run_under_drainwatch(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``drainwatch run -- python -c code`` without the agent's extras on the path."""
+    runner = textwrap.dedent("""
+        import sys
+        from drainwatch._run_command import build_environment, exec_command
+        import os
+        exec_command(sys.argv[1:], build_environment(os.environ))
+    """)
+    return run_python(runner, sys.executable, "-c", code, env=env)

@@ -425,6 +425,17 @@ def test_reconfiguring_keeps_the_process_instance_and_its_sequence(receiver: Rec
     assert after[0].body["seq"] > before[0].body["seq"]
 
 
+def test_reconfiguring_with_the_same_endpoint_keeps_the_connection(receiver: Receiver) -> None:
+    """The agent takes a closed connection for the process's end: configure() called again
+    (say, inside the loop to watch it) must not close it."""
+    closed_channel("first")
+    assert receiver.event("first", "closed") is not None
+    drainwatch.configure(service="sdk-tests", endpoint=receiver.endpoint, interval=30)
+    closed_channel("second")
+    assert receiver.event("second", "closed") is not None
+    assert receiver.connections == 1
+
+
 # -- object and process lifetimes --------------------------------------------------------------
 
 

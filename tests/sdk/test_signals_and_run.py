@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 from drainwatch._run_command import BOOTSTRAP_DIR, RunError, build_environment
 
-from .conftest import Receiver, run_python, subprocess_env
+from .conftest import Receiver, run_python, run_under_drainwatch, subprocess_env
 
 
 def _signals_seen(receiver: Receiver, count: int = 1, timeout: float = 5.0) -> list[str]:
@@ -72,17 +70,6 @@ def test_an_ignored_signal_stays_ignored() -> None:
     assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr
 
 
-def _run_under_drainwatch(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``drainwatch run -- python -c code`` without the agent's extras on the path."""
-    runner = textwrap.dedent("""
-        import sys
-        from drainwatch._run_command import build_environment, exec_command
-        import os
-        exec_command(sys.argv[1:], build_environment(os.environ))
-    """)
-    return run_python(runner, sys.executable, "-c", code, env=env)
-
-
 def test_run_installs_handlers_installed_later_and_keeps_the_pid(receiver: Receiver) -> None:
     """Under drainwatch run, a handler the app installs later is observed; same PID."""
     code = textwrap.dedent("""
@@ -102,7 +89,7 @@ def test_run_installs_handlers_installed_later_and_keeps_the_pid(receiver: Recei
         import drainwatch
         drainwatch.flush(2)
     """)
-    result = _run_under_drainwatch(code, subprocess_env(DRAINWATCH_ENDPOINT=receiver.endpoint))
+    result = run_under_drainwatch(code, subprocess_env(DRAINWATCH_ENDPOINT=receiver.endpoint))
     assert result.returncode == 0, result.stderr
     pid, auto, handled, name = result.stdout.split()
     assert auto == "1" and handled == "True" and name == "<lambda>"
@@ -115,7 +102,7 @@ def test_run_chains_to_an_existing_sitecustomize(tmp_path: Path) -> None:
     (tmp_path / "sitecustomize.py").write_text("import builtins\nbuiltins.CHAINED = True\n")
     env = subprocess_env(DRAINWATCH_DISABLED="1")
     env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(tmp_path)])
-    result = _run_under_drainwatch("import builtins; print(builtins.CHAINED)", env)
+    result = run_under_drainwatch("import builtins; print(builtins.CHAINED)", env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
 
@@ -181,6 +168,6 @@ def test_asyncio_run_cancelling_leftover_tasks_is_the_cancel_step() -> None:
         step = STATE.record()["steps"]["cancel"]
         print(json.dumps([step["detail"], step["finished"] >= step["started"]]))
     """)
-    result = _run_under_drainwatch(code, subprocess_env(DRAINWATCH_DISABLED="1"))
+    result = run_under_drainwatch(code, subprocess_env(DRAINWATCH_DISABLED="1"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == '["asyncio.run() cancelled 3 task(s)", true]'
