@@ -3,10 +3,10 @@ scrapes real agents while the broken example services drain.
 
 Two agents: one hears the SDK of the payments example (grpc.aio, broken shutdown, under
 `drainwatch run`, requests in flight at SIGTERM), of the order pipeline example, of a
-consumer and a producer spinning on closed channels, and of a process that started before
-the agent listened; it has no py-spy. The other watches the threaded inventory example
-from outside (broken shutdown, slower than its 1 s budget) and samples it with py-spy. A
-third scrape target has nothing listening. Prometheus evaluates alerts/drainwatch.rules.yaml
+consumer and a producer spinning on closed channels, of a task parked on a lock, and of a
+process that started before the agent listened; it has no py-spy. The other watches the
+threaded inventory example from outside (broken shutdown, slower than its 1 s budget) and
+samples it with py-spy. A third scrape target has nothing listening. Prometheus evaluates alerts/drainwatch.rules.yaml
 every 200 ms; the tests read its HTTP API.
 """
 
@@ -59,6 +59,27 @@ input()
 
 # Closes a channel while no agent listens (the record is dropped and counted), then waits
 # for the agent: its next datagram reports the drops.
+# A watched loop with a task parked on an asyncio.Lock for as long as the drains take.
+LOCKED = """
+import asyncio, drainwatch
+
+async def main():
+    drainwatch.configure()  # inside the loop: its tasks are watched
+    lock = asyncio.Lock()
+    await lock.acquire()
+
+    async def settle():
+        async with lock:
+            pass
+
+    parked = asyncio.create_task(settle(), name="settlement")
+    print("parked", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, input)
+    parked.cancel()
+
+asyncio.run(main())
+"""
+
 EARLY = """
 import drainwatch
 boot = drainwatch.ThreadChannel("boot")
@@ -222,11 +243,18 @@ def drained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drained]:
             started_target(SPINNER, sdk_agent.endpoint, service="spinner")
         )
         assert spinner.stdout is not None
+        locked = stack.enter_context(started_target(LOCKED, sdk_agent.endpoint, service="ledger"))
+        assert locked.stdout is not None
+        assert locked.stdout.readline().strip() == "parked"
         asyncio.run(asyncio.wait_for(_drain_payments(sdk_agent), 90))
         _run_pipeline(sdk_agent)
         assert spinner.stdout.readline().strip() == "spun"
         poll("the agent judged the shutdowns", lambda: _judged(sdk_agent), WAIT_SECONDS, 0.1)
-        scrapes += [_scrape(sdk_agent), _scrape(outside_agent)]
+        # the parked task is a gauge of now too: it waits while the ledger runs
+        parked = sdk_agent.wait_for(
+            "drainwatch_task_blocked_seconds", service="ledger", reason="lock", timeout=15
+        )
+        scrapes += [parked.text, _scrape(outside_agent)]
         yield Drained(prometheus, scrapes)
 
 
