@@ -6,8 +6,8 @@ Two agents: one hears the SDK of the payments example (grpc.aio, broken shutdown
 consumer and a producer spinning on closed channels, of a task parked on a lock, and of a
 process that started before the agent listened; it has no py-spy. The other watches the
 threaded inventory example from outside (broken shutdown, slower than its 1 s budget) and
-samples it with py-spy. A third scrape target has nothing listening. Prometheus evaluates alerts/drainwatch.rules.yaml
-every 200 ms; the tests read its HTTP API.
+samples it with py-spy. A third scrape target has nothing listening. Prometheus evaluates
+alerts/drainwatch.rules.yaml every 200 ms; the tests read its HTTP API.
 """
 
 from __future__ import annotations
