@@ -71,7 +71,7 @@ class Agent:
         self.registry.register(
             StateCollector(self.state, self.reports, lambda: outside_target(self.outside, service))
         )
-        self.registry.register(OutsideCollector(self.outside, service))
+        self.registry.register(OutsideCollector(self.outside, service, self.state.caps))
         if self.outside.probes is not None:
             self.registry.register(ProbeCollector(self.outside.probes, service))
         if self.state_dir is not None:
@@ -134,7 +134,7 @@ class Agent:
     async def _expire_forever(self) -> None:
         while True:
             await asyncio.sleep(_EXPIRY_PERIOD_SECONDS)
-            self.state.expire(self.config.retention_seconds)
+            self.state.expire(self.config.retention_seconds, self.config.service_retention_seconds)
 
     async def _refresh_forever(self) -> None:
         # Reports are built on scrapes too; this keeps the state dir and the last words

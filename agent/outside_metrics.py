@@ -26,6 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .outside import OutsideSnapshot, OutsideView
+from .series_caps import SeriesCaps, cut
 
 _MAX_THREADS: Final = 50
 SOURCE_PYSPY: Final = "pyspy"
@@ -68,17 +69,33 @@ def outside_target(view: OutsideView, default_service: str) -> OutsideTarget | N
 
 
 class OutsideCollector(Collector):
-    """Exports the outside view; a scrape never raises on odd data."""
+    """Exports the outside view; a scrape never raises on odd data.
 
-    def __init__(self, view: OutsideView, default_service: str) -> None:
+    With ``caps``, thread series beyond the top ``_MAX_THREADS`` and thread names longer
+    than the label limit are counted there (``threads``, ``label_length``), once per dump.
+    """
+
+    def __init__(
+        self, view: OutsideView, default_service: str, caps: SeriesCaps | None = None
+    ) -> None:
         self._view = view
         self._default = default_service
+        self._caps = caps
+        self._counted_dump: float | None = None
 
     def collect(self) -> Iterator[Metric]:
         snap = self._view.snapshot()
         service = service_of(snap, self._default)
         yield from _process_families(snap, service)
-        yield from _pyspy_families(snap, service)
+        sampler = snap.sampler
+        label_limit = self._caps.max_label_length if self._caps is not None else 128
+        families, left_out, cut_labels = _pyspy_families(snap, service, label_limit)
+        dump = sampler.last_sample_at if sampler is not None else None
+        if self._caps is not None and dump is not None and dump != self._counted_dump:
+            self._counted_dump = dump
+            self._caps.count("threads", left_out)
+            self._caps.count("label_length", cut_labels)
+        yield from families
 
 
 def _gauge(name: str, text: str, labels: list[str]) -> GaugeMetricFamily:
@@ -161,7 +178,12 @@ def _add_sum(
         family.add_metric([service], float(sum(known)))
 
 
-def _pyspy_families(snap: OutsideSnapshot, service: str) -> Iterator[Metric]:
+def _pyspy_families(
+    snap: OutsideSnapshot, service: str, label_limit: int
+) -> tuple[list[Metric], int, int]:
+    """The py-spy families, the waiting threads left out by the cap, and the thread
+    labels cut to ``label_limit``."""
+    left_out = cut_labels = 0
     results = CounterMetricFamily(
         "drainwatch_pyspy_samples",
         "py-spy dumps by result (ok, timeout, denied, target_gone, unsupported, failed) and "
@@ -200,8 +222,11 @@ def _pyspy_families(snap: OutsideSnapshot, service: str) -> Iterator[Metric]:
             (thread for thread in sampler.threads if thread.waiting),
             key=lambda thread: -thread.blocked_seconds,
         )
+        left_out = max(0, len(waiting) - _MAX_THREADS)
         for thread in waiting[:_MAX_THREADS]:
+            label = cut(thread.label, label_limit)
+            cut_labels += label != thread.label
             blocked.add_metric(
-                [service, thread.label, thread.reason, SOURCE_PYSPY], thread.blocked_seconds
+                [service, label, thread.reason, SOURCE_PYSPY], thread.blocked_seconds
             )
-    yield from (results, duration, unavailable, blocked)
+    return [results, duration, unavailable, blocked], left_out, cut_labels

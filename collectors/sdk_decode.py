@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeGuard
 
@@ -37,6 +38,8 @@ _PHASES: Final = frozenset({"running", "signalled", "draining", "stopping", "sto
 _ROLES: Final = frozenset({"business", "health", "metrics", "unknown"})
 _MAX_ENTRIES: Final = 64
 _MAX_TOPOLOGY_NODES: Final = 128
+_MAX_SDK_LIMITS: Final = 16
+_SDK_LIMIT: Final = re.compile(r"[a-z][a-z_]{0,31}")
 _TRIGGERS: Final = frozenset(
     {
         "snapshot",
@@ -298,6 +301,18 @@ def _check_shutdown(record: dict[str, Any]) -> str | None:
     return None if ok else SCHEMA
 
 
+def _check_capped(capped: object) -> bool:
+    """Optional ``{limit: count}`` of the SDK's own caps: at most 16 short identifiers."""
+    return capped is None or (
+        type(capped) is dict
+        and len(capped) <= _MAX_SDK_LIMITS
+        and all(
+            _SDK_LIMIT.fullmatch(name) is not None and _is_int(count)
+            for name, count in capped.items()
+        )
+    )
+
+
 def _check_process(record: dict[str, Any]) -> str | None:
     ok = (
         _is_timestamp(record.get("started"))
@@ -305,6 +320,7 @@ def _check_process(record: dict[str, Any]) -> str | None:
         and _is_text(record.get("sdk"), 32)
         and _is_int(record.get("channels"))
         and _is_int(record.get("internal_errors", 0))
+        and _check_capped(record.get("capped"))
     )
     return None if ok else SCHEMA
 

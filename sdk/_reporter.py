@@ -16,6 +16,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from . import _inflight, _shutdown
+from ._caps import CAPPED
 from ._protocol import Packer
 from ._settings import Settings
 from ._transport import Transport
@@ -159,6 +160,7 @@ class Reporter:
             "sdk": __version__,
             "channels": channel_count,
             "internal_errors": self.internal_errors,
+            **({"capped": capped} if (capped := CAPPED.counts()) else {}),
         }
 
     def flush(self, timeout: float = 0.0) -> bool:

@@ -14,6 +14,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ._caps import CAPPED
 from ._reporter import Reporter
 from ._settings import Settings, settings_from_env
 from ._transport import NullTransport, Transport, open_transport
@@ -132,6 +133,7 @@ def _after_fork_in_child() -> None:
 
     STATE.reset_after_fork()
     REGISTRY.reset_after_fork()
+    CAPPED.reset_after_fork()
     previous = _reporter
     if previous is None:
         return

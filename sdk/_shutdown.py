@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ._caps import CAPPED
 from ._protocol import MAX_LOCATION_CHARS, MAX_NAME_CHARS, clip
 
 RUNNING: Final = "running"
@@ -87,6 +88,8 @@ class ShutdownState:
         with self.lock:
             if len(self.signals) < MAX_SIGNALS:
                 self.signals.append((_signal_name(signum), time.time()))
+            else:
+                CAPPED.note("signals")
             self._advance(SIGNALLED)
             if DRAIN not in self.steps:
                 self.steps[DRAIN] = Step(time.time())
@@ -103,8 +106,11 @@ class ShutdownState:
     def step_started(self, name: str, detail: str | None = None) -> None:
         with self.lock:
             name = clip(name, MAX_NAME_CHARS)
-            if name not in self.steps and len(self.steps) < MAX_STEPS:
-                self.steps[name] = Step(time.time(), detail=_detail(detail))
+            if name not in self.steps:
+                if len(self.steps) < MAX_STEPS:
+                    self.steps[name] = Step(time.time(), detail=_detail(detail))
+                else:
+                    CAPPED.note("steps")
             if self.phase == SIGNALLED:
                 self._advance(DRAINING)
         _emit()
@@ -141,6 +147,8 @@ class ShutdownState:
                 return
             if len(self.health) < MAX_STEPS or previous is not None:
                 self.health[service] = (clip(status, 32), time.time())
+            else:
+                CAPPED.note("health")
         if service == "":
             self.set_ready(status == "SERVING")
         else:
@@ -151,6 +159,8 @@ class ShutdownState:
             name = clip(name, MAX_NAME_CHARS)
             if len(self.listeners) < MAX_STEPS:
                 self.listeners[name] = Listener(role, port, time.time())
+            else:
+                CAPPED.note("listeners")
         _emit()
 
     def listener_stop_started(self, name: str, detail: str | None = None) -> None:

@@ -142,5 +142,7 @@ class Feeder:
 
 
 def make_state(clock: FakeTime, limits: Limits | None = None) -> tuple[State, Feeder]:
-    state = State(limits or Limits(), default_service="agent-default", wall_clock=clock)
+    state = State(
+        limits or Limits(), default_service="agent-default", wall_clock=clock, clock=clock
+    )
     return state, Feeder(state)
