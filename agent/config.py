@@ -44,11 +44,11 @@ class Limits:
     max_channels_per_service: int = 2000
     # Every service's channel and method names together: the per-service caps times 100
     # services would still allow millions of series.
-    max_channels_total: int = 10_000
+    max_channels_total: int = 5_000
     max_instances_per_service: int = 64
     max_channel_objects_per_instance: int = 10_000
     max_methods_per_instance: int = 500
-    max_methods_total: int = 5_000
+    max_methods_total: int = 2_000
     max_label_length: int = 128
 
 

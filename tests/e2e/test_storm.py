@@ -1,0 +1,72 @@
+"""A cardinality storm against a real agent: series and memory stay bounded, and counted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.agent_process import AgentProcess as BenchAgent
+from bench.agent_process import MetricsScraper
+from bench.storm import UNIQUE_NAMES, capped_counts, footprint, send_storm, wait_until_applied
+from tests.processes import Samples, running_agent, short_tmpdir
+
+pytestmark = pytest.mark.e2e
+
+# Small limits keep the test's scrapes quick; the bounds scale with them (the figures for
+# the default limits are in docs/reliability.md, from python -m bench.storm).
+LIMITS = """
+limits:
+  max_services: 20
+  max_channels_per_service: 200
+  max_channels_total: 500
+  max_instances_per_service: 16
+  max_channel_objects_per_instance: 1000
+  max_methods_per_instance: 100
+  max_methods_total: 200
+  max_label_length: 64
+"""
+# At most 500 + 21 "other" channel names x 49 series (11 plain, 2 x 19 per op), 200 + 21
+# method names x 23 series, and a few hundred per service and for the agent itself.
+MAX_SERIES = 521 * 49 + 221 * 23 + 21 * 200 + 500
+
+
+@pytest.mark.timeout(300)
+def test_a_storm_of_20000_unique_names_keeps_series_and_memory_bounded() -> None:
+    """20,000 new names in every dimension fold into "other", counted by limit; a second
+    storm of fresh names adds no series and no memory to speak of."""
+    config = Path(short_tmpdir()) / "agent.yaml"
+    config.write_text(LIMITS)
+    with running_agent("--config", str(config)) as agent:
+        host, port = agent.url.removeprefix("http://").rsplit(":", 1)
+        scraper = MetricsScraper(
+            BenchAgent(host, int(port), agent.endpoint, agent.directory), timeout=60
+        )
+        _, records = send_storm(agent.socket_path)
+        text = wait_until_applied(scraper, records)
+        first, _ = footprint(scraper, agent.process.pid)
+        _, more = send_storm(agent.socket_path, unique=UNIQUE_NAMES // 10, prefix="again")
+        text = wait_until_applied(scraper, records + more)
+        second, _ = footprint(scraper, agent.process.pid)
+        status, _, _ = agent.get("/healthz")
+        scraper.close()
+    samples = Samples(text)
+    assert status == 200
+    assert sum(value for _, value in samples.all("drainwatch_agent_events_rejected_total")) == 0
+    assert samples.value("drainwatch_agent_events_received_total") == records + more
+    assert first.series <= MAX_SERIES, first
+    assert first.longest_label <= 64
+    assert second.series <= first.series + 50, (first, second)
+    assert second.rss_bytes <= first.rss_bytes * 1.15, (first, second)
+    capped = capped_counts(text)
+    for limit in (
+        "services",
+        "channels",
+        "channels_total",
+        "instances",
+        "channel_objects",
+        "methods",
+        "methods_total",
+        "label_length",
+    ):
+        assert capped[limit] > 0, (limit, capped)
