@@ -107,6 +107,16 @@ def _is_optional_timestamp(value: object) -> bool:
     return value is None or _is_timestamp(value)
 
 
+def _is_one_of(value: object, choices: frozenset[str]) -> bool:
+    # Checked as text first: a list or an object is unhashable and must not reach `in`.
+    return type(value) is str and value in choices
+
+
+def _is_optional_bool(value: object) -> bool:
+    # By type: 0 and 1 compare equal to False and True.
+    return value is None or type(value) is bool
+
+
 def decode_datagram(data: bytes) -> Decoded:
     """Parse one datagram; raise ``Rejected`` if the whole datagram must be dropped."""
     if len(data) > MAX_DATAGRAM_BYTES:
@@ -172,7 +182,7 @@ def _check_record(record: object) -> str | None:
 def _check_inflight(record: dict[str, Any]) -> str | None:
     outcomes = record.get("outcomes")
     ok = (
-        record.get("protocol") in _PROTOCOLS
+        _is_one_of(record.get("protocol"), _PROTOCOLS)
         and _is_text(record.get("method"))
         and _is_int(record.get("active"))
         and _is_int(record.get("started_during_drain"))
@@ -207,7 +217,7 @@ def _check_step(step: object) -> bool:
         and step.keys() >= _STEP_KEYS
         and _is_timestamp(step.get("started"))
         and _is_optional_timestamp(step.get("finished"))
-        and step.get("ok") in (None, True, False)
+        and _is_optional_bool(step.get("ok"))
         and _is_optional_text(step.get("detail"))
     )
 
@@ -216,7 +226,7 @@ def _check_listener(listener: object) -> bool:
     return (
         type(listener) is dict
         and listener.keys() >= _LISTENER_KEYS
-        and listener.get("role") in _ROLES
+        and _is_one_of(listener.get("role"), _ROLES)
         and (listener.get("port") is None or _is_int(listener.get("port"), 0, 65535))
         and _is_timestamp(listener.get("opened"))
         and _is_optional_timestamp(listener.get("stop_started"))
@@ -281,13 +291,13 @@ def _check_shutdown(record: dict[str, Any]) -> str | None:
     exit_code = record.get("exit_code")
     ok = (
         record.keys() >= _SHUTDOWN_KEYS
-        and record.get("phase") in _PHASES
+        and _is_one_of(record.get("phase"), _PHASES)
         and type(signals) is list
         and len(signals) <= _MAX_ENTRIES
         and all(_check_signal(signal) for signal in signals)
         and _is_small_map(steps)
         and all(_check_step(step) for step in steps.values())
-        and record.get("ready") in (None, True, False)
+        and _is_optional_bool(record.get("ready"))
         and _is_optional_timestamp(record.get("ready_changed"))
         and _is_small_map(health)
         and all(_check_health(entry) for entry in health.values())
@@ -351,12 +361,43 @@ def _is_seconds(value: object) -> bool:
     return _is_number(value, 0.0, 1e9)
 
 
+# Every key of a channel record, nullable ones included: the agent's merge reads them all.
+_CHANNEL_KEYS: Final = frozenset(
+    {
+        "trigger",
+        "id",
+        "name",
+        "kind",
+        "owner",
+        "capacity",
+        "created",
+        "closed",
+        "immediate",
+        "closed_by",
+        "closed_where",
+        "drained",
+        "residual",
+        "depth",
+        "sent",
+        "received",
+        "discarded",
+        "read_after_close",
+        "send_after_close",
+        "double_close",
+        "waiters",
+        "oldest_wait",
+        "wait",
+    }
+)
+
+
 def _check_channel(record: dict[str, Any]) -> str | None:
     ok = (
-        record.get("trigger") in _TRIGGERS
+        record.keys() >= _CHANNEL_KEYS
+        and _is_one_of(record.get("trigger"), _TRIGGERS)
         and _is_int(record.get("id"), 1)
         and _is_text(record.get("name"))
-        and record.get("kind") in _CHANNEL_KINDS
+        and _is_one_of(record.get("kind"), _CHANNEL_KINDS)
         and _is_optional_text(record.get("owner"))
         and _is_int(record.get("capacity"))
         and _is_timestamp(record.get("created"))
