@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from .config import AgentConfig, ListenAddress
 from .http_api import build_app
+from .ingest_metrics import IngestCollector
 from .metrics import StateCollector
 from .outside import OutsideView
 from .outside_metrics import OutsideCollector, outside_target
@@ -76,6 +77,7 @@ class Agent:
             self.registry.register(ProbeCollector(self.outside.probes, service))
         if self.state_dir is not None:
             self.registry.register(StateDirCollector(self.state_dir, service))
+        self.registry.register(IngestCollector(lambda: self.ingests, service))
         ProcessCollector(registry=self.registry)
         self.ingests: list[Ingest] = []
         self.http_address: ListenAddress | None = None

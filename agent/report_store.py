@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
+
+from drainwatch._clock import steady_time
 
 from .config import DEFAULT_DRAIN_BUDGET_SECONDS
 from .drain_report import DrainReport, build_report, snapshot, wants_report
@@ -68,7 +69,7 @@ class DrainReports:
         state: State,
         budget_seconds: float = DEFAULT_DRAIN_BUDGET_SECONDS,
         keep: int = DEFAULT_KEEP,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = steady_time,
         outside: OutsideSource | None = None,
         max_services: int | None = None,
     ) -> None:

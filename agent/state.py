@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from drainwatch._clock import steady_time
 from drainwatch._histogram import WAIT_BUCKETS
 from drainwatch.collectors.sdk_decode import Decoded, Envelope
 
@@ -155,7 +156,7 @@ class State:
         self,
         limits: Limits,
         default_service: str | None,
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] = steady_time,
         clock: Callable[[], float] = time.monotonic,
         caps: SeriesCaps | None = None,
     ) -> None:

@@ -20,6 +20,7 @@ from typing import Protocol
 from drainwatch._endpoint import Endpoint
 from drainwatch._protocol import MAX_DATAGRAM_BYTES
 
+from .ingest_watch import CHECK_SECONDS, SocketWatch, SocketWatchStats
 from .sdk_decode import Decoded, Rejected, decode_datagram
 
 logger = logging.getLogger("drainwatch.agent")
@@ -76,34 +77,64 @@ class _Receiver:
 
 
 class UnixIngest:
-    """Listens on a Unix ``SOCK_SEQPACKET`` socket (mode 0660) and reads every connection."""
+    """Listens on a Unix ``SOCK_SEQPACKET`` socket (mode 0660) and reads every connection;
+    keeps the path pointing at this socket (``ingest_watch.SocketWatch``)."""
 
-    def __init__(self, endpoint: Endpoint, sink: IngestSink) -> None:
+    def __init__(
+        self, endpoint: Endpoint, sink: IngestSink, check_seconds: float = CHECK_SECONDS
+    ) -> None:
         self.endpoint = endpoint
         self._receiver = _Receiver(sink, str(endpoint))
         self._sink = sink
         self._listener: socket.socket | None = None
         self._connections: dict[socket.socket, str | None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._check_seconds = check_seconds
+        self._watch: SocketWatch | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._path_identity: tuple[int, int] | None = None
+
+    @property
+    def watch_stats(self) -> SocketWatchStats:
+        return self._watch.stats if self._watch is not None else SocketWatchStats()
 
     async def start(self) -> None:
         path = self.endpoint.path
         _prepare_socket_path(path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            listener.bind(path)
-            os.chmod(path, _SOCKET_MODE)
-            listener.listen(128)
-            listener.setblocking(False)
+            listener = _listen(path)
         except OSError as error:
-            listener.close()
             raise IngestError(
                 f"ingest {self.endpoint}: cannot listen ({error.strerror or error}); "
                 "check that the directory is writable by the agent's user"
             ) from None
-        self._listener = listener
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(listener.fileno(), self._accept)
+        self._use(listener)
+        self._path_identity = _identity(path)
+        self._watch = SocketWatch(path, self._path_identity, self._rebind)
+        self._watch_task = self._loop.create_task(self._watch_forever(), name="drainwatch-ingest")
+
+    def _use(self, listener: socket.socket) -> None:
+        old, self._listener = self._listener, listener
+        if self._loop is not None:
+            if old is not None:
+                self._loop.remove_reader(old.fileno())
+            self._loop.add_reader(listener.fileno(), self._accept)
+        if old is not None:
+            old.close()  # connections it accepted stay open and keep being read
+
+    def _rebind(self) -> None:
+        path = self.endpoint.path
+        self._use(_listen(path))
+        self._path_identity = _identity(path)
+        if self._watch is not None:
+            self._watch.bound(self._path_identity)
+
+    async def _watch_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._check_seconds)
+            if self._watch is not None:
+                self._watch.check()
 
     def _accept(self) -> None:
         listener = self._listener
@@ -146,17 +177,43 @@ class UnixIngest:
             self._sink.disconnected(instance)
 
     async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            self._watch_task = None
         for connection in list(self._connections):
             self._drop(connection)
         listener, self._listener = self._listener, None
         if listener is not None:
             if self._loop is not None:
                 self._loop.remove_reader(listener.fileno())
+            mine = self._path_identity
             listener.close()
             try:
-                os.unlink(self.endpoint.path)
+                # only this agent's socket: a path taken over since belongs to someone else
+                if _identity(self.endpoint.path) == mine:
+                    os.unlink(self.endpoint.path)
             except FileNotFoundError:
                 pass
+
+
+def _listen(path: str) -> socket.socket:
+    """A non-blocking listening SEQPACKET socket bound at ``path`` with mode 0660."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        listener.bind(path)
+        os.chmod(path, _SOCKET_MODE)
+        listener.listen(128)
+        listener.setblocking(False)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def _identity(path: str) -> tuple[int, int]:
+    """(device, inode) of the file at ``path``."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
 
 
 def _prepare_socket_path(path: str) -> None:

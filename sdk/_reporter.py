@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _inflight, _shutdown
 from ._caps import CAPPED
+from ._clock import steady_time
 from ._protocol import Packer
 from ._settings import Settings
 from ._transport import Transport
@@ -60,7 +61,7 @@ class Reporter:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._started_at = time.time()
+        self._started_at = steady_time()
         self.internal_errors = 0
 
     # -- channels --------------------------------------------------------------------------

@@ -64,9 +64,18 @@ def _install_process_hooks() -> None:
 
 
 def current() -> Reporter:
-    """The running reporter, started on first use. Never raises."""
+    """The running reporter, started on first use. Never raises.
+
+    A process whose pid is not the reporter's was forked without Python's at-fork hooks
+    (``fork()`` called from C: an embedding server, an extension): it would otherwise send
+    as its parent, on its parent's socket, with no reporter thread. It is given its own
+    reporter here, at its first SDK call that reaches the runtime.
+    """
     reporter = _reporter
     if reporter is not None:
+        if reporter.packer.pid != os.getpid():
+            _after_fork_in_child()
+            return _reporter or reporter
         return reporter
     with _lock:
         if _reporter is not None:

@@ -20,8 +20,8 @@ SIGTERM = int(signal.SIGTERM)
 
 
 class FakeTime:
-    """Stands in for the ``time`` module inside ``drainwatch._shutdown``; also the agent's
-    wall clock. ``now`` is absolute Unix seconds."""
+    """Stands in for ``drainwatch._shutdown.steady_time`` (called) and is the agent's clocks
+    (called, or ``.time()``). ``now`` is absolute Unix seconds."""
 
     def __init__(self) -> None:
         self.now = T0
