@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 # When woken early (after-close bursts), snapshots still come no closer than this.
 _MIN_HASTENED_GAP_SECONDS = 0.05
 _RETRY_PAUSE_SECONDS = 0.005
+_PATIENT_RECONNECT_SECONDS = 0.05
 _MAX_PENDING_RETIRED = 10_000
 # While the process shuts down every 100 ms matters: the agent's last view of what was in
 # flight is at most this old if the process is SIGKILLed.
@@ -124,6 +125,9 @@ class Reporter:
                     with self._drop_lock:
                         self._packer.dropped += count
                     break
+                # An agent that restarted is reconnected to within the deadline, not only
+                # after the idle backoff (longer than the flush at exit).
+                self._transport.shorten_backoff(_PATIENT_RECONNECT_SECONDS)
                 time.sleep(_RETRY_PAUSE_SECONDS)
         return delivered
 
