@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import os
 import socket
@@ -26,7 +27,9 @@ from .sdk_decode import Decoded, Rejected, decode_datagram
 logger = logging.getLogger("drainwatch.agent")
 
 _SOCKET_MODE = 0o660
-_DIRECTORY_MODE = 0o770
+# Connecting needs write on the socket and search on the directory: the group (the pod's
+# app) can connect, only the agent can create, remove or replace entries.
+_DIRECTORY_MODE = 0o750
 _RECEIVE_BUFFER_BYTES = 4 << 20
 _BATCH_PER_WAKEUP = 256
 _REJECTION_LOG_GAP_SECONDS = 60.0
@@ -216,15 +219,39 @@ def _identity(path: str) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
+def _check_directory_owner(directory: str) -> None:
+    """Refuse a socket directory that another (non-root) user owns: whoever owns it can
+    replace the socket with their own and collect every process's datagrams, which is what
+    a directory pre-created in a shared /tmp would allow."""
+    try:
+        owner = os.stat(directory).st_uid
+    except OSError as error:
+        raise IngestError(
+            f"ingest directory {directory}: cannot check it ({error.strerror or error})"
+        ) from None
+    if owner not in (0, os.geteuid()):
+        raise IngestError(
+            f"ingest directory {directory} must belong to the agent's user "
+            f"(uid {os.geteuid()}) or root, not uid {owner}: its owner could replace the "
+            "socket; use a directory of the agent's own (an emptyDir volume in a pod) or "
+            "remove this one"
+        )
+
+
 def _prepare_socket_path(path: str) -> None:
     directory = os.path.dirname(path) or "/"
     try:
-        os.makedirs(directory, mode=_DIRECTORY_MODE, exist_ok=True)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=_DIRECTORY_MODE)
+            os.chmod(directory, _DIRECTORY_MODE)  # makedirs' mode is cut by the umask
+    except FileExistsError:
+        pass  # created in between by someone else: the owner check below decides
     except OSError as error:
         raise IngestError(
             f"ingest unix://{path}: cannot create directory {directory} "
             f"({error.strerror or error}); create it or choose a writable path"
         ) from None
+    _check_directory_owner(directory)
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -270,6 +297,17 @@ class UdpIngest:
         self.port = endpoint.port
 
     async def start(self) -> None:
+        try:
+            loopback = ipaddress.ip_address(self.endpoint.host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            # parse_endpoint refuses these already; an endpoint built in code must not
+            # reach a network either: datagrams are unauthenticated.
+            raise IngestError(
+                f"ingest {self.endpoint}: UDP ingest must bind a loopback address "
+                "(127.0.0.1 or ::1); datagrams are unauthenticated and must stay in the pod"
+            )
         family = socket.AF_INET6 if ":" in self.endpoint.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
