@@ -205,7 +205,7 @@ def _until_metric(url: str, needle: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while True:
         with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
-            text = response.read().decode()
+            text: str = response.read().decode()
         if needle in text or time.monotonic() > deadline:
             return text
         time.sleep(0.2)
