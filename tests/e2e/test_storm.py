@@ -9,7 +9,7 @@ import pytest
 from bench.agent_process import AgentProcess as BenchAgent
 from bench.agent_process import MetricsScraper
 from bench.storm import UNIQUE_NAMES, capped_counts, footprint, send_storm, wait_until_applied
-from tests.processes import Samples, running_agent, short_tmpdir
+from tests.processes import Samples, run_target, running_agent, short_tmpdir
 
 pytestmark = pytest.mark.e2e
 
@@ -70,3 +70,21 @@ def test_a_storm_of_20000_unique_names_keeps_series_and_memory_bounded() -> None
         "label_length",
     ):
         assert capped[limit] > 0, (limit, capped)
+
+
+def test_the_sdks_own_caps_reach_the_agents_capped_counter() -> None:
+    """A name the SDK cuts (over 200 characters) is counted by the SDK and exported by the
+    agent as limit="sdk_name_length"."""
+    source = """
+import drainwatch
+channel = drainwatch.Channel("x" * 300)
+channel.close()
+drainwatch.flush(timeout=2)
+"""
+    with running_agent() as agent:
+        result = run_target(source, agent.endpoint, service="long-names")
+        assert result.returncode == 0, result.stderr
+        samples = agent.wait_for(
+            "drainwatch_agent_series_capped_total", limit="sdk_name_length", timeout=10
+        )
+    assert samples.value("drainwatch_agent_series_capped_total", limit="sdk_name_length") == 1
