@@ -26,7 +26,14 @@ from tests.fuzz.targets import TARGETS
 
 CORPUS: Final = Path(__file__).resolve().parent / "corpus"
 # Datagrams go up to 64 KiB; the other inputs are small files.
-_MAX_LEN: Final = {"datagram": 66_000, "config": 8192, "pyspy": 65_536, "query": 1024}
+_MAX_LEN: Final = {
+    "datagram": 66_000,
+    "config": 8192,
+    "pyspy": 65_536,
+    "query": 1024,
+    "lint_python": 16_384,
+    "lint_manifest": 16_384,
+}
 _STAT: Final = re.compile(r"stat::(\w+):\s+(\d+)")
 
 

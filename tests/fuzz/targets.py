@@ -13,14 +13,21 @@ example for hypothesis, a failed replay for ``test_corpus.py``.
   raises, and bounds what it keeps.
 - ``query``: a query string against the agent's HTTP handlers (``/api/v1/state``,
   ``/api/v1/report``, ``/``); the answer is 200, 400 or 404, never a server error.
+- ``lint_python`` and ``lint_manifest``: a Python file and a Kubernetes manifest through
+  ``drainwatch lint``'s entry point (``lint_paths``), which promises never to raise for a
+  file's content: a file it cannot read is one DW001 problem. Present when the tree has
+  ``drainwatch.agent.lint``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
+import os
+import tempfile
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
@@ -156,9 +163,40 @@ def _handler(path: str) -> Callable[[web.Request], asyncio.Future[web.StreamResp
     raise LookupError(path)
 
 
+def _lint_file(suffix: str) -> Callable[[bytes], None]:
+    """A target that lints ``data`` saved as one file with ``suffix``."""
+    # Imported by name: the module is not in every tree (LINT_AVAILABLE decides).
+    lint_paths: Callable[[list[str]], Any] = importlib.import_module(
+        "drainwatch.agent.lint"
+    ).lint_paths
+    directory = tempfile.mkdtemp(prefix="drainwatch-fuzz-lint-")
+    path = os.path.join(directory, f"input{suffix}")
+
+    def lint(data: bytes) -> None:
+        with open(path, "wb") as handle:
+            handle.write(data)
+        result = lint_paths([path])
+        for finding in result.problems:
+            if finding.code != "DW001":
+                raise AssertionError(f"a problem that is not DW001: {finding}")
+        if result.files != 1:
+            raise AssertionError(f"{result.files} files linted, expected 1")
+
+    return lint
+
+
+LINT_AVAILABLE: Final = importlib.util.find_spec("drainwatch.agent.lint") is not None
+
 TARGETS: Final[dict[str, Callable[[bytes], None]]] = {
     "datagram": datagram,
     "config": config,
     "pyspy": pyspy,
     "query": query,
+    **(
+        {"lint_python": _lint_file(".py"), "lint_manifest": _lint_file(".yaml")}
+        if LINT_AVAILABLE
+        else {}
+    ),
 }
+# Targets whose code is not part of every tree: their corpus is replayed only when present.
+OPTIONAL_TARGETS: Final = frozenset({"lint_python", "lint_manifest"})
