@@ -440,14 +440,14 @@ for n in range(3):
         for item in range(10 * (n + 1)):
             jobs.put_nowait(item)
         drainwatch.flush(timeout=2)
-        print("worker", os.getpid(), flush=True)
+        os.write(1, b"worker %d\\n" % os.getpid())  # one write: lines never interleave
         time.sleep(60)
         os._exit(0)
     workers.append(pid)
 jobs = drainwatch.Channel("jobs")
 jobs.put_nowait(0)
 drainwatch.flush(timeout=2)
-print("parent", os.getpid(), flush=True)
+os.write(1, b"parent %d\\n" % os.getpid())
 sys.stdin.readline()
 for pid in workers:
     os.kill(pid, signal.SIGKILL)
