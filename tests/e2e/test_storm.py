@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,42 @@ drainwatch.flush(timeout=2)
             "drainwatch_agent_series_capped_total", limit="sdk_name_length", timeout=10
         )
     assert samples.value("drainwatch_agent_series_capped_total", limit="sdk_name_length") == 1
+
+
+MANY_THREADS = """
+import queue, sys, threading
+jobs = queue.Queue()
+for index in range(60):
+    name = f"worker-{index:02d}-" + "n" * 200
+    threading.Thread(target=jobs.get, name=name, daemon=True).start()
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_blocked_threads_are_capped_at_50_series_with_labels_cut_and_counted() -> None:
+    """A target with 60 stuck threads named with 200+ characters: py-spy sees them all, the
+    agent exports the 50 longest waits, cuts the names to the label limit and counts both."""
+    script = Path(short_tmpdir()) / "threads.py"
+    script.write_text(MANY_THREADS)
+    target = subprocess.Popen(
+        [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert target.stdout is not None and target.stdout.readline().strip() == "ready"
+        with running_agent("--target-pid", str(target.pid), "--pyspy-interval", "0.3") as agent:
+            samples = agent.wait_for("drainwatch_thread_blocked_seconds", count=50, timeout=30)
+            capped = agent.wait_for(
+                "drainwatch_agent_series_capped_total", limit="threads", timeout=10
+            )
+    finally:
+        target.kill()
+        target.wait(10)
+        for stream in (target.stdin, target.stdout):
+            if stream is not None:
+                stream.close()
+    threads = [labels["thread"] for labels, _ in samples.all("drainwatch_thread_blocked_seconds")]
+    assert len(threads) == 50
+    assert all(len(name) <= 128 and name.startswith("worker-") for name in threads)
+    assert (capped.value("drainwatch_agent_series_capped_total", limit="threads") or 0) >= 10
+    assert (capped.value("drainwatch_agent_series_capped_total", limit="label_length") or 0) >= 50
