@@ -6,7 +6,7 @@ snapshots batched 40 to a datagram, as the SDK packs them) and offers ``--rate``
 (records) per second, the ingest budget of docs/performance.md, on a non-blocking socket
 like the SDK's: a datagram the kernel refuses is dropped and counted, never waited for. Each
 process's datagrams carry its cumulative drop count, as the SDK's do. Meanwhile the agent's
-RSS is read and ``/metrics`` is scraped once a second.
+RSS is read and ``/metrics`` is scraped once a second, from a process of its own.
 
 At the end every process sends one last datagram (waiting until it is accepted) and the
 agent is asked what it counted. The run holds when:
@@ -27,10 +27,10 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import multiprocessing
 import socket
 import statistics
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,26 +119,48 @@ def _processes(now: float) -> list[Process]:
 
 @dataclass
 class Watch:
-    """RSS and scrape latency, sampled once a second in a thread of their own."""
+    """RSS and scrape latency, sampled once a second in a process of its own: in the
+    sender's process, the sender's busy loop would hold the GIL and inflate the latencies
+    the watcher measures."""
 
     agent: AgentProcess
     rss: list[tuple[float, int]] = field(default_factory=list)
     scrapes: list[tuple[float, float]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
 
-    def run(self) -> None:
-        scraper = MetricsScraper(self.agent, timeout=30.0)
-        process = psutil.Process(self.agent.pid)
-        started = time.monotonic()
-        try:
-            while not self.stop.wait(1.0):
-                now = time.monotonic() - started
-                self.rss.append((now, process.memory_info().rss))
-                began = time.perf_counter()
-                scraper.scrape()
-                self.scrapes.append((now, time.perf_counter() - began))
-        finally:
-            scraper.close()
+    def start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._results, sender = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_watch, args=(self.agent, self._stop, sender), name="soak-watch"
+        )
+        self._process.start()
+        sender.close()
+
+    def finish(self) -> None:
+        self._stop.set()
+        self.rss, self.scrapes = self._results.recv()
+        self._process.join(60)
+
+
+def _watch(agent: AgentProcess, stop: Any, results: Any) -> None:
+    """The watcher process: sample until ``stop``, then send (rss, scrapes) back."""
+    scraper = MetricsScraper(agent, timeout=30.0)
+    process = psutil.Process(agent.pid)
+    rss: list[tuple[float, int]] = []
+    scrapes: list[tuple[float, float]] = []
+    started = time.monotonic()
+    try:
+        while not stop.wait(1.0):
+            now = time.monotonic() - started
+            rss.append((now, process.memory_info().rss))
+            began = time.perf_counter()
+            scraper.scrape()
+            scrapes.append((now, time.perf_counter() - began))
+    finally:
+        scraper.close()
+        results.send((rss, scrapes))
+        results.close()
 
 
 @dataclass(frozen=True)
@@ -266,19 +288,17 @@ def _final(sock: socket.socket, processes: list[Process]) -> int:
 def soak(seconds: float, rate: int) -> SoakResult:
     with running_agent() as agent:
         watch = Watch(agent)
-        watcher = threading.Thread(target=watch.run, name="soak-watch", daemon=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         sock.connect(agent.ingest.removeprefix("unix://"))
         sock.setblocking(False)
         processes = _processes(time.time())
-        watcher.start()
+        watch.start()
         try:
             offered = _offer(sock, processes, seconds, rate)
             offered += _final(sock, processes)
         finally:
-            watch.stop.set()
-            watcher.join(60)
+            watch.finish()
             sock.close()
         dropped = sum(process.dropped for process in processes)
         scraper = MetricsScraper(agent, timeout=30.0)
