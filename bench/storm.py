@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import socket
 import sys
 import time
@@ -37,6 +38,8 @@ UNIQUE_NAMES = 20_000
 _RECORDS_PER_DATAGRAM = 40
 _EMPTY_HISTOGRAM = {"counts": [0] * (len(WAIT_BUCKETS) + 1), "sum": 0.0, "count": 0}
 _OUTCOMES = ("ok", "error", "cancelled", "aborted_at_shutdown", "rejected_draining")
+# a label value in the text exposition: quoted, with \\, \" and \n escaped
+_LABEL_VALUE = re.compile(r'="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass(frozen=True)
@@ -213,9 +216,9 @@ def footprint(scraper: MetricsScraper, pid: int) -> tuple[AgentFootprint, str]:
     for line in text.splitlines():
         if line and not line.startswith("#"):
             series += 1
-            labels = line[line.find("{") + 1 : line.rfind("}")] if "{" in line else ""
-            for part in labels.split('",'):
-                longest = max(longest, len(part.partition('="')[2].rstrip('"')))
+            for match in _LABEL_VALUE.finditer(line):
+                value = match[1].replace("\\\\", "\\").replace('\\"', '"').replace("\\n", "\n")
+                longest = max(longest, len(value))
     rss = psutil.Process(pid).memory_info().rss
     return AgentFootprint(series, seconds, rss, longest), text
 
