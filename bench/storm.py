@@ -7,14 +7,15 @@ runs the same storm and checks the bounds.
 
 The storm, in this order (each through the real ingest socket, as valid protocol v1):
 
-1. ``channels``: 20,000 channel names in one service, from one process.
-2. ``methods``: 20,000 request method names over 8 services, 500 per process.
-3. ``spread``: 20,000 channel names over 200 services (100 each).
-4. ``services``: 20,000 more services, one channel each.
-5. ``instances``: 20,000 processes of one service.
-6. ``steps``: 64 shutdown steps per process (the decoder's cap) with unique names and
+1. ``long``: 200 channel names of 1,024 characters (the decoder's longest string) in a
+   service whose name has 1,012.
+2. ``channels``: 20,000 channel names in one service, from one process.
+3. ``methods``: 20,000 request method names over 8 services, 500 per process.
+4. ``spread``: 20,000 channel names over 200 services (100 each).
+5. ``services``: 20,000 more services, one channel each.
+6. ``instances``: 20,000 processes of one service.
+7. ``steps``: 64 shutdown steps per process (the decoder's cap) with unique names and
    64 listeners, for 200 processes.
-7. ``long``: 2,000 names of 1,024 characters (the decoder's longest string).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .agent_process import MetricsScraper, running_agent
 
 UNIQUE_NAMES = 20_000
 _RECORDS_PER_DATAGRAM = 40
+_BATCH_BYTES = 32 * 1024
 _EMPTY_HISTOGRAM = {"counts": [0] * (len(WAIT_BUCKETS) + 1), "sum": 0.0, "count": 0}
 _OUTCOMES = ("ok", "error", "cancelled", "aborted_at_shutdown", "rejected_draining")
 # a label value in the text exposition: quoted, with \\, \" and \n escaped
@@ -130,6 +132,21 @@ def _shutdown(prefix: str, now: float) -> dict[str, Any]:
     }
 
 
+def _batches(records: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Up to 40 records per datagram, and never more than the SDK's 32 KiB of them."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for record in records:
+        length = len(json.dumps(record))
+        if batch and (len(batch) == _RECORDS_PER_DATAGRAM or size + length > _BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(record)
+        size += length
+    if batch:
+        yield batch
+
+
 class StormSender:
     """Sends protocol v1 datagrams over one blocking connection (a storm may wait)."""
 
@@ -141,8 +158,7 @@ class StormSender:
         self.records = 0
 
     def send(self, service: str, instance: str, records: list[dict[str, Any]]) -> None:
-        for start in range(0, len(records), _RECORDS_PER_DATAGRAM):
-            batch = records[start : start + _RECORDS_PER_DATAGRAM]
+        for batch in _batches(records):
             seq = self._seq[instance] = self._seq.get(instance, 0) + 1
             message = {
                 "v": 1,
@@ -163,6 +179,10 @@ class StormSender:
 
 
 def _waves(now: float, unique: int, prefix: str) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+    long_names = [
+        _channel(index + 1, f"{index:06d}" + "x" * 1018, now) for index in range(unique // 100)
+    ]
+    yield f"{prefix}-long-" + "y" * 1000, f"{prefix}-long", long_names
     channels = [_channel(index + 1, f"channel-{index}", now) for index in range(unique)]
     yield f"{prefix}-channels", f"{prefix}-channels", channels
     per_process = 500
@@ -188,9 +208,6 @@ def _waves(now: float, unique: int, prefix: str) -> Iterator[tuple[str, str, lis
         yield f"{prefix}-instances", f"{prefix}-instance-{process}", [_channel(1, "shared", now)]
     for process in range(unique // 100):
         yield f"{prefix}-steps", f"{prefix}-steps-{process}", [_shutdown(f"p{process}", now)]
-    for index in range(unique // 10):
-        name = f"{index:06d}" + "x" * 1018
-        yield f"{prefix}-long-" + "y" * 1000, f"{prefix}-long-{index}", [_channel(1, name, now)]
 
 
 def send_storm(
