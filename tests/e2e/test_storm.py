@@ -36,7 +36,8 @@ MAX_SERIES = 521 * 49 + 221 * 23 + 21 * 200 + 500
 @pytest.mark.timeout(300)
 def test_a_storm_of_20000_unique_names_keeps_series_and_memory_bounded() -> None:
     """20,000 new names in every dimension fold into "other", counted by limit; a second
-    storm of fresh names adds no series and no memory to speak of."""
+    storm as large, of fresh names, adds no series and less than half the memory the first
+    one took (allocator noise, not state: unbounded state would take as much again)."""
     config = Path(short_tmpdir()) / "agent.yaml"
     config.write_text(LIMITS)
     with running_agent("--config", str(config)) as agent:
@@ -44,10 +45,11 @@ def test_a_storm_of_20000_unique_names_keeps_series_and_memory_bounded() -> None
         scraper = MetricsScraper(
             BenchAgent(host, int(port), agent.endpoint, agent.directory), timeout=60
         )
+        baseline, _ = footprint(scraper, agent.process.pid)
         _, records = send_storm(agent.socket_path)
         text = wait_until_applied(scraper, records)
         first, _ = footprint(scraper, agent.process.pid)
-        _, more = send_storm(agent.socket_path, unique=UNIQUE_NAMES // 10, prefix="again")
+        _, more = send_storm(agent.socket_path, unique=UNIQUE_NAMES, prefix="again")
         text = wait_until_applied(scraper, records + more)
         second, _ = footprint(scraper, agent.process.pid)
         status, _, _ = agent.get("/healthz")
@@ -59,7 +61,11 @@ def test_a_storm_of_20000_unique_names_keeps_series_and_memory_bounded() -> None
     assert first.series <= MAX_SERIES, first
     assert first.longest_label <= 64
     assert second.series <= first.series + 50, (first, second)
-    assert second.rss_bytes <= first.rss_bytes * 1.15, (first, second)
+    assert second.rss_bytes - first.rss_bytes < (first.rss_bytes - baseline.rss_bytes) / 2, (
+        baseline,
+        first,
+        second,
+    )
     capped = capped_counts(text)
     for limit in (
         "services",
