@@ -60,6 +60,16 @@ def _as_user(uid: int, bounding: str, *extra: str) -> list[str]:
 def workdir() -> Iterator[Path]:
     if os.geteuid() != 0 or SETPRIV is None:
         pytest.skip("needs root and setpriv (util-linux) to switch users (CI runs as root)")
+    for uid in (AGENT_UID, TARGET_UID):
+        probe = subprocess.run(
+            [*_as_user(uid, "-all"), sys.executable, "-c", "import drainwatch.agent.cli"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if probe.returncode != 0:
+            pytest.skip(f"uid {uid} cannot run this checkout's Python: {probe.stderr.strip()}")
     directory = Path(short_tmpdir())
     directory.chmod(0o755)
     yield directory
