@@ -23,9 +23,10 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from .config import AgentConfig, ListenAddress
 from .http_api import build_app
+from .ingest_metrics import IngestCollector
 from .metrics import StateCollector
 from .outside import OutsideView
-from .outside_metrics import OutsideCollector, outside_target, pyspy_blocked_threads
+from .outside_metrics import OutsideCollector, PySpyBlockedThreads, outside_target
 from .outside_report import OutsideReports
 from .pushgateway import grouping_key, push_final
 from .report_persistence import ReportWriter, restore
@@ -74,13 +75,13 @@ class Agent:
             StateCollector(self.state, self.reports, lambda: outside_target(self.outside, service))
         )
         self.registry.register(OutsideCollector(self.outside, service))
-        self.registry.register(
-            TaskCollector(self.state, lambda: pyspy_blocked_threads(self.outside, service))
-        )
+        pyspy_threads = PySpyBlockedThreads(self.outside, service, self.state.caps)
+        self.registry.register(TaskCollector(self.state, pyspy_threads))
         if self.outside.probes is not None:
             self.registry.register(ProbeCollector(self.outside.probes, service))
         if self.state_dir is not None:
             self.registry.register(StateDirCollector(self.state_dir, service))
+        self.registry.register(IngestCollector(lambda: self.ingests, service))
         ProcessCollector(registry=self.registry)
         self.ingests: list[Ingest] = []
         self.http_address: ListenAddress | None = None
@@ -146,7 +147,7 @@ class Agent:
     async def _expire_forever(self) -> None:
         while True:
             await asyncio.sleep(_EXPIRY_PERIOD_SECONDS)
-            self.state.expire(self.config.retention_seconds)
+            self.state.expire(self.config.retention_seconds, self.config.service_retention_seconds)
 
     async def _refresh_forever(self) -> None:
         # Reports are built on scrapes too; this keeps the state dir and the last words

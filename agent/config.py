@@ -42,9 +42,13 @@ class Limits:
 
     max_services: int = 100
     max_channels_per_service: int = 2000
+    # Every service's channel and method names together: the per-service caps times 100
+    # services would still allow millions of series.
+    max_channels_total: int = 5_000
     max_instances_per_service: int = 64
     max_channel_objects_per_instance: int = 10_000
     max_methods_per_instance: int = 500
+    max_methods_total: int = 2_000
     max_label_length: int = 128
     max_loops_per_instance: int = 16
     max_blocked_tasks: int = 20  # per service: the longest task waits exported
@@ -68,6 +72,8 @@ class AgentConfig:
     service: str | None = None
     log_level: str = "info"
     retention_seconds: float = 300.0
+    # A service with no process left: its series end this long after it was last heard.
+    service_retention_seconds: float = 3600.0
     # The grace budget of a shutdown: terminationGracePeriodSeconds minus the preStop hook.
     drain_budget_seconds: float = DEFAULT_DRAIN_BUDGET_SECONDS
     limits: Limits = field(default_factory=Limits)
@@ -157,6 +163,7 @@ _TOP_LEVEL_PARSERS: dict[str, Any] = {
     "service": parse_service,
     "log_level": parse_log_level,
     "retention_seconds": parse_seconds,
+    "service_retention_seconds": parse_seconds,
     "drain_budget_seconds": parse_drain_budget,
 }
 _LIMIT_KEYS = tuple(f.name for f in fields(Limits))

@@ -6,14 +6,44 @@ import math
 
 
 class ConfigError(Exception):
-    """A setting that cannot be used. ``str()`` is the message for the user."""
+    """A setting that cannot be used. ``str()`` is the message for the user: control and
+    unencodable characters escaped, and at most 2000 characters, whatever it quotes."""
+
+    def __init__(self, message: str) -> None:
+        if len(message) > _MESSAGE_CHARS:
+            message = message[: _MESSAGE_CHARS - 1] + "\u2026"
+        super().__init__(_escaped(message))
+
+
+_SHOWN_CHARS = 200
+_MESSAGE_CHARS = 2000
+
+
+def _escaped(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(
+        char
+        if char.isprintable() and not 0xD800 <= ord(char) <= 0xDFFF
+        else char.encode("unicode_escape", "backslashreplace").decode("ascii")
+        for char in text
+    )
+
+
+def show_value(value: object) -> str:
+    """``value`` for an error message: text in quotes, anything else as its repr; control
+    and unencodable characters escaped (a config value must not drive the terminal that
+    prints the error) and cut after 200 characters (a value may be megabytes long)."""
+    text = f'"{value}"' if isinstance(value, str) else repr(value)
+    if len(text) > _SHOWN_CHARS:
+        text = text[: _SHOWN_CHARS - 1] + "\u2026"
+    return _escaped(text)
 
 
 def fail(where: str, rule: str, value: object, fix: str = "") -> ConfigError:
     """``<where> must be <rule>: <value>; <fix>``: where the value came from, the rule it
     breaks, the value itself and how to fix it."""
-    shown = repr(value) if not isinstance(value, str) else f'"{value}"'
-    message = f"{where} must be {rule}: {shown}"
+    message = f"{where} must be {rule}: {show_value(value)}"
     return ConfigError(f"{message}; {fix}" if fix else message)
 
 

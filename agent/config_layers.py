@@ -68,6 +68,12 @@ def file_layer(path: str) -> Layer:
             f"config file {path}: cannot read it ({error.strerror or error}); "
             "check the path given to --config or DRAINWATCH_AGENT_CONFIG"
         ) from None
+    return parse_layer(path, data)
+
+
+def parse_layer(path: str, data: bytes) -> Layer:
+    """The layer of a config file's bytes (``path`` names it in errors); raise
+    ``ConfigError`` naming file, line and key."""
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(
             f"config file {path}: larger than {MAX_CONFIG_BYTES} bytes; "
@@ -84,6 +90,11 @@ def file_layer(path: str) -> Layer:
         raise ConfigError(f"config file {where}: invalid YAML: {error.problem}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path}: invalid YAML: {error}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"config file {path}: nested too deeply to be an agent config (a few levels of "
+            "settings); is this the right file?"
+        ) from None
     if root is None:
         return {}
     if not isinstance(root, yaml.MappingNode):
@@ -136,5 +147,16 @@ def _walk_mapping(
                 )
             _walk_mapping(path, value_node, dotted + ".", section, constructor, layer)
             continue
-        value = constructor.construct_object(value_node, deep=True)
+        try:
+            value = constructor.construct_object(value_node, deep=True)
+        except yaml.MarkedYAMLError as error:
+            # e.g. a tag such as !!python/object: the safe constructor builds plain data only
+            raise ConfigError(
+                f'config file {path}:{line}: "{dotted}" cannot be read: {error.problem}; '
+                "a setting is a plain value (text, number, list or mapping) without tags"
+            ) from None
+        except RecursionError:
+            raise ConfigError(
+                f'config file {path}:{line}: "{dotted}" is nested too deeply'
+            ) from None
         layer[dotted] = (value, Source(f'config file {path}:{line}: "{dotted}"'))

@@ -96,7 +96,7 @@ class StateCollector(Collector):
             datagrams = state.counters.datagrams
             records = state.counters.records
             rejected = dict(state.counters.rejected)
-            capped = dict(state.counters.capped)
+            capped = {**state.caps.counts(), **state.sdk_capped()}
         agent_service = state.default_service
         yield from _channel_families(summaries)
         yield from collect_shutdown(state, self._reports, self._outside)
@@ -242,18 +242,8 @@ def _agent_families(
         "Values folded into 'other' or cut by a cardinality limit, by limit.",
         labels=["service", "limit"],
     )
-    for limit in (
-        "services",
-        "channels",
-        "instances",
-        "channel_objects",
-        "methods",
-        "label_length",
-        "loops",
-        "tasks",
-        "threads",
-    ):
-        capped_family.add_metric([service, limit], capped.get(limit, 0))
+    for limit, count in sorted(capped.items()):
+        capped_family.add_metric([service, limit], count)
     yield capped_family
     per_service: dict[str, list[int]] = {}
     for process in processes:

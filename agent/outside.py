@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from drainwatch._clock import steady_time
 from drainwatch.collectors.port_timeline import (
     PortRoles,
     PortTimeline,
@@ -119,7 +119,7 @@ class OutsideView:
         discovery: TargetDiscovery | None = None,
         collector: ProcessCollector | None = None,
         sampler: PySpySampler | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = steady_time,
     ) -> None:
         settings = config.outside
         self._state = state

@@ -26,6 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .outside import OutsideSnapshot, OutsideView
+from .series_caps import SeriesCaps, cut
 from .task_metrics import BlockedThread
 
 _MAX_THREADS: Final = 50
@@ -68,7 +69,8 @@ def outside_target(view: OutsideView, default_service: str) -> OutsideTarget | N
 
 
 class OutsideCollector(Collector):
-    """Exports the outside view; a scrape never raises on odd data."""
+    """Exports the outside view but its blocked threads (``PySpyBlockedThreads`` hands those
+    to the task collector); a scrape never raises on odd data."""
 
     def __init__(self, view: OutsideView, default_service: str) -> None:
         self._view = view
@@ -79,6 +81,48 @@ class OutsideCollector(Collector):
         service = service_of(snap, self._default)
         yield from _process_families(snap, service)
         yield from _pyspy_families(snap, service)
+
+
+class PySpyBlockedThreads:
+    """The threads py-spy last found waiting, longest first (at most ``_MAX_THREADS``), for
+    ``drainwatch_thread_blocked_seconds{source="pyspy"}`` (exported with the SDK's threads by
+    ``task_metrics.TaskCollector``); None until a sampler runs.
+
+    With ``caps``, the waiting threads beyond the top ``_MAX_THREADS`` and the thread names
+    longer than the label limit are counted there (``threads``, ``label_length``), once per
+    dump however often it is scraped.
+    """
+
+    def __init__(
+        self, view: OutsideView, default_service: str, caps: SeriesCaps | None = None
+    ) -> None:
+        self._view = view
+        self._default = default_service
+        self._caps = caps
+        self._counted_dump: float | None = None
+
+    def __call__(self) -> tuple[str, list[BlockedThread]] | None:
+        snap = self._view.snapshot()
+        sampler = snap.sampler
+        if sampler is None:
+            return None
+        label_limit = self._caps.max_label_length if self._caps is not None else 128
+        waiting = sorted(
+            (thread for thread in sampler.threads if thread.waiting),
+            key=lambda thread: -thread.blocked_seconds,
+        )
+        threads: list[BlockedThread] = []
+        cut_labels = 0
+        for thread in waiting[:_MAX_THREADS]:
+            label = cut(thread.label, label_limit)
+            cut_labels += label != thread.label
+            threads.append(BlockedThread(label, thread.reason, thread.blocked_seconds))
+        dump = sampler.last_sample_at
+        if self._caps is not None and dump is not None and dump != self._counted_dump:
+            self._counted_dump = dump
+            self._caps.count("threads", max(0, len(waiting) - _MAX_THREADS))
+            self._caps.count("label_length", cut_labels)
+        return service_of(snap, self._default), threads
 
 
 def _gauge(name: str, text: str, labels: list[str]) -> GaugeMetricFamily:
@@ -191,24 +235,3 @@ def _pyspy_families(snap: OutsideSnapshot, service: str) -> Iterator[Metric]:
         for reason in sorted(sampler.unavailable):
             unavailable.add_metric([service, reason], 1)
     yield from (results, duration, unavailable)
-
-
-def pyspy_blocked_threads(
-    view: OutsideView, default_service: str
-) -> tuple[str, list[BlockedThread]] | None:
-    """The threads py-spy last found waiting, longest first (at most 50), for
-    ``drainwatch_thread_blocked_seconds{source="pyspy"}`` (exported with the SDK's threads
-    by ``task_metrics.TaskCollector``); None until a sampler runs."""
-    snap = view.snapshot()
-    sampler = snap.sampler
-    if sampler is None:
-        return None
-    waiting = sorted(
-        (thread for thread in sampler.threads if thread.waiting),
-        key=lambda thread: -thread.blocked_seconds,
-    )
-    threads = [
-        BlockedThread(thread.label, thread.reason, thread.blocked_seconds)
-        for thread in waiting[:_MAX_THREADS]
-    ]
-    return service_of(snap, default_service), threads

@@ -20,8 +20,18 @@ NAME_CHARS: Final = 60
 
 
 def esc(value: object) -> str:
-    """``value`` as text safe inside an element or a quoted attribute."""
-    return html.escape(str(value), quote=True)
+    """``value`` as text safe inside an element or a quoted attribute. Control characters
+    and invisible format characters (bidi overrides) are shown as escapes such as ``\x1b``:
+    a name sent by a target must read as what it is, in the page and in a terminal."""
+    text = html.escape(str(value), quote=True)
+    if text.isprintable():
+        return text
+    return "".join(
+        char
+        if char.isprintable() or char in "\n\t"
+        else char.encode("unicode_escape", "backslashreplace").decode("ascii")
+        for char in text
+    )
 
 
 def clip(value: object, limit: int = NAME_CHARS) -> str:

@@ -11,6 +11,7 @@ import datetime
 import json
 import math
 import sys
+import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -273,11 +274,23 @@ def _violations(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def terminal_safe(text: str) -> str:
+    """``text`` with every control, format and unpaired surrogate character but newline
+    escaped: names in a report come from the target, and an escape sequence in a service
+    or step name must not drive the terminal that prints it."""
+    return "".join(
+        char
+        if char == "\n" or unicodedata.category(char) not in ("Cc", "Cf", "Cs")
+        else char.encode("unicode_escape", "backslashreplace").decode("ascii")
+        for char in text
+    )
+
+
 def render(document: dict[str, Any]) -> str:
     reports = document.get("reports", [])
     if not reports:
         return "No shutdown seen yet: the agent has no drain report (for this service)."
-    return "\n\n".join(render_report(report) for report in reports)
+    return terminal_safe("\n\n".join(render_report(report) for report in reports))
 
 
 def run_report(
@@ -295,7 +308,7 @@ def run_report(
     try:
         document = fetch(agent, service, everything, timeout)
     except ReportError as error:
-        print(f"drainwatch report: {error}", file=err)
+        print(terminal_safe(f"drainwatch report: {error}"), file=err)
         return EXIT_UNREACHABLE
     if as_json:
         print(json.dumps(document, indent=1), file=out)

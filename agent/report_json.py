@@ -29,8 +29,10 @@ def _field(doc: Mapping[str, Any], name: str, check: Callable[[object, str], T])
 
 
 def _text(value: object, where: str) -> str:
-    if not isinstance(value, str) or len(value) > 4096:
+    if not isinstance(value, str):
         raise ReportFormatError(f"{where}: expected text, got {type(value).__name__}")
+    if len(value) > 4096:
+        raise ReportFormatError(f"{where}: text of {len(value)} characters, over 4096")
     return value
 
 

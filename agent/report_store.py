@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
+
+from drainwatch._clock import steady_time
 
 from .config import DEFAULT_DRAIN_BUDGET_SECONDS
 from .drain_report import DrainReport, build_report, snapshot, wants_report
@@ -69,8 +70,9 @@ class DrainReports:
         state: State,
         budget_seconds: float = DEFAULT_DRAIN_BUDGET_SECONDS,
         keep: int = DEFAULT_KEEP,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = steady_time,
         outside: OutsideSource | None = None,
+        max_services: int | None = None,
     ) -> None:
         self.budget_seconds = budget_seconds
         self.outside = outside
@@ -84,6 +86,11 @@ class DrainReports:
         self._finished: dict[str, deque[_Entry]] = {}
         self._violations: dict[str, dict[str, int]] = {}
         self._last_exit: dict[str, float] = {}
+        # Reports outlive the services the state forgets; beyond this many services, the one
+        # whose reports were stored longest ago is dropped, so a churn of names stays bounded.
+        self._max_services = max_services if max_services is not None else state.limits.max_services
+        self._recency: dict[str, int] = {}
+        self._stores = 0
         state.retire_observers.append(self._forget)
 
     # -- updating ------------------------------------------------------------------------------
@@ -198,7 +205,24 @@ class DrainReports:
                 self._prune_finished_locked()
             if report.ended is not None:
                 self._last_exit[service] = max(self._last_exit.get(service, 0.0), report.ended)
+            self._stores += 1
+            self._recency[service] = self._stores
+            self._bound_services_locked(service)
             return True
+
+    def _bound_services_locked(self, keep: str) -> None:
+        while len(self._recency) > self._max_services:
+            oldest = min(
+                (name for name in self._recency if name != keep), key=self._recency.__getitem__
+            )
+            del self._recency[oldest]
+            self._finished.pop(oldest, None)
+            self._violations.pop(oldest, None)
+            self._last_exit.pop(oldest, None)
+            for key in [
+                key for key, entry in self._current.items() if key[0] == oldest and entry.finished
+            ]:
+                del self._current[key]
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -6,6 +6,13 @@ residual) keep their first value, gauges take the latest. Channel objects that a
 (collected in the target, evicted by a cap, or whose process went away long ago) fold
 their counters into per-name totals, so ``*_total`` series never go backwards.
 
+Every label value passes through ``SeriesCaps`` (``series_caps.py``): services, channel and
+method names per service and in total, processes, channel objects and label length are
+capped, and what is folded into ``other`` or cut is counted. A process not heard from for
+the retention period is forgotten, and so is a service with no process left. Ages and
+expiry use the monotonic clock: a wall clock that jumps neither expires live processes nor
+keeps dead ones; the wall clock only stamps times that are shown.
+
 Thread safety: ``apply``/``expire`` run on the event loop; ``view()`` may run in a worker
 thread for /metrics. All of them take ``lock``; ``view`` copies what it needs under it.
 """
@@ -18,14 +25,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from drainwatch._clock import steady_time
 from drainwatch._histogram import WAIT_BUCKETS
 from drainwatch.collectors.sdk_decode import Decoded, Envelope
 
 from .config import Limits
+from .series_caps import OTHER, NameCap, SeriesCaps, TotalCap, sdk_limit
 from .shutdown_state import InflightMethod, merge_shutdown
 from .task_state import InstanceTasks, apply_loop, apply_threads, empty_lag, fold_lag
 
-OTHER = "other"
+__all__ = ["OTHER", "ChannelObject", "Instance", "RetiredTotals", "Service", "State"]
 _COUNTERS = (
     "sent",
     "received",
@@ -64,7 +73,7 @@ class ChannelObject:
     wait: dict[str, list[float]] = field(
         default_factory=lambda: {op: _empty_histogram() for op in _OPS}
     )
-    updated: float = 0.0
+    updated: float = 0.0  # monotonic: which object to evict first
     # Collected in the target. Kept so its close facts stay visible after the process
     # ends; it no longer holds items or waiters of the service.
     gone: bool = False
@@ -100,6 +109,7 @@ class Instance:
     service: str
     first_seen: float
     last_seen: float
+    last_heard: float = 0.0  # monotonic, for expiry
     last_seq: int = 0
     lost: int = 0
     dropped: int = 0
@@ -116,14 +126,18 @@ class Instance:
     outcomes_at_shutdown: dict[tuple[str, str], dict[str, int]] | None = None
     # its event loops' tasks and lag, and its threads (agent/task_state.py)
     tasks: InstanceTasks = field(default_factory=InstanceTasks)
+    # What the SDK itself folded or cut (its own caps), cumulative, by limit.
+    sdk_capped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class Service:
     name: str
+    channel_names: NameCap
+    method_names: NameCap
     instances: dict[str, Instance] = field(default_factory=dict)
     retired: dict[str, RetiredTotals] = field(default_factory=dict)
-    channel_names: set[str] = field(default_factory=set)
+    last_heard: float = 0.0  # monotonic: a service with no process left expires after it
     # request counters of processes that were forgotten, so request totals never go back
     retired_requests: dict[tuple[str, str], InflightMethod] = field(default_factory=dict)
     # dropped / lost counts of processes that were forgotten, so the totals never go back
@@ -138,7 +152,8 @@ class AgentCounters:
     datagrams: int = 0
     records: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
-    capped: dict[str, int] = field(default_factory=dict)
+    # SDK caps of processes that were forgotten, so the totals never go back
+    retired_sdk_capped: dict[str, int] = field(default_factory=dict)
 
 
 class State:
@@ -146,14 +161,21 @@ class State:
         self,
         limits: Limits,
         default_service: str | None,
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] = steady_time,
+        clock: Callable[[], float] = time.monotonic,
+        caps: SeriesCaps | None = None,
     ) -> None:
         self.limits = limits
         self.default_service = default_service or "unknown"
         self.lock = threading.Lock()
         self.services: dict[str, Service] = {}
         self.counters = AgentCounters()
+        self.caps = caps if caps is not None else SeriesCaps(limits.max_label_length)
+        self._channels_total = TotalCap(limits.max_channels_total, "channels_total")
+        self._methods_total = TotalCap(limits.max_methods_total, "methods_total")
+        self._sdk_limits: set[str] = set()
         self._wall_clock = wall_clock
+        self._clock = clock
         # Called with the lock held just before a process is forgotten (drain reports).
         self.retire_observers: list[Callable[[Service, Instance], None]] = []
 
@@ -165,15 +187,19 @@ class State:
             rejected[reason] = rejected.get(reason, 0) + count
 
     def _capped(self, limit: str) -> None:
-        capped = self.counters.capped
-        capped[limit] = capped.get(limit, 0) + 1
+        self.caps.count(limit)
 
     def _label(self, value: str) -> str:
-        limit = self.limits.max_label_length
-        if len(value) <= limit:
-            return value
-        self._capped("label_length")
-        return value[: limit - 1] + "\u2026"
+        return self.caps.label(value)
+
+    def sdk_capped(self) -> dict[str, int]:
+        """What SDK processes folded or cut themselves, by exported limit (``sdk_*``),
+        live and forgotten processes together. Call with the lock held."""
+        totals = dict(self.counters.retired_sdk_capped)
+        for _, instance in self.instances():
+            for limit, count in instance.sdk_capped.items():
+                totals[limit] = totals.get(limit, 0) + count
+        return totals
 
     # -- applying records --------------------------------------------------------------------
 
@@ -201,17 +227,29 @@ class State:
                     instance.started = record["started"]
                     instance.python = record["python"]
                     instance.sdk = record["sdk"]
+                    self._apply_sdk_capped(instance, record.get("capped"))
             if instance.outcomes_at_shutdown is None and _shutting_down(instance):
                 instance.outcomes_at_shutdown = {
                     key: dict(method.outcomes) for key, method in instance.inflight.items()
                 }
 
+    def _apply_sdk_capped(self, instance: Instance, capped: dict[str, int] | None) -> None:
+        if not capped:
+            return
+        mine = instance.sdk_capped
+        for name, count in capped.items():
+            limit = sdk_limit(name, self._sdk_limits)
+            mine[limit] = max(mine.get(limit, 0), count)
+
     def _apply_inflight(self, instance: Instance, record: dict[str, Any]) -> None:
+        service = self.services[instance.service]
         key = (record["protocol"], self._label(record["method"]))
         method = instance.inflight.get(key)
         if method is None:
-            if len(instance.inflight) >= self.limits.max_methods_per_instance:
-                self._capped("methods")
+            name = self.caps.admit(service.method_names, key[1])
+            if name == OTHER or len(instance.inflight) >= self.limits.max_methods_per_instance:
+                if name != OTHER:
+                    self._capped("methods")
                 key = (record["protocol"], OTHER)
                 method = instance.inflight.get(key)
             if method is None:
@@ -228,7 +266,13 @@ class State:
                 name = OTHER
                 service = self.services.get(name)
             if service is None:
-                service = self.services[name] = Service(name)
+                limits = self.limits
+                service = self.services[name] = Service(
+                    name,
+                    NameCap(limits.max_channels_per_service, "channels", self._channels_total),
+                    NameCap(limits.max_methods_per_instance, "methods", self._methods_total),
+                )
+        service.last_heard = self._clock()
         return service
 
     def _instance(self, envelope: Envelope) -> Instance:
@@ -251,18 +295,12 @@ class State:
             instance.lost += envelope.seq - instance.last_seq - 1
         instance.last_seq = max(instance.last_seq, envelope.seq)
         instance.last_seen = now
+        instance.last_heard = service.last_heard
         instance.dropped = max(instance.dropped, envelope.dropped)
         return instance
 
     def _channel_name(self, service: Service, raw: str) -> str:
-        name = self._label(raw)
-        if name in service.channel_names:
-            return name
-        if len(service.channel_names) >= self.limits.max_channels_per_service:
-            self._capped("channels")
-            return OTHER
-        service.channel_names.add(name)
-        return name
+        return self.caps.admit(service.channel_names, self._label(raw))
 
     def _apply_channel(self, instance: Instance, record: dict[str, Any]) -> None:
         service = self.services[instance.service]
@@ -279,7 +317,7 @@ class State:
                 created=record["created"],
             )
         _merge(channel, record)
-        channel.updated = self._wall_clock()
+        channel.updated = self._clock()
         if record["trigger"] == "gone":
             channel.gone = True
 
@@ -319,6 +357,9 @@ class State:
         service.retired_dropped += instance.dropped
         service.retired_lost += instance.lost
         fold_lag(service.retired_lag, instance.tasks)
+        retired_caps = self.counters.retired_sdk_capped
+        for limit, count in instance.sdk_capped.items():
+            retired_caps[limit] = retired_caps.get(limit, 0) + count
         service.instances.pop(instance.instance, None)
 
     def disconnected(self, instance_id: str) -> None:
@@ -331,14 +372,31 @@ class State:
                     instance.connected = False
                     instance.disconnected_at = now
 
-    def expire(self, retention_seconds: float) -> None:
-        """Forget processes not heard from for ``retention_seconds`` (their counters stay)."""
+    def expire(
+        self, retention_seconds: float, service_retention_seconds: float | None = None
+    ) -> None:
+        """Forget processes not heard from for ``retention_seconds`` (their counters stay in
+        the service's totals), then services with no process left that were not heard from
+        for ``service_retention_seconds`` (their series end; their drain reports stay in the
+        report store). Without it, services stay."""
         with self.lock:
-            cutoff = self._wall_clock() - retention_seconds
-            for service in self.services.values():
+            now = self._clock()
+            cutoff = now - retention_seconds
+            service_cutoff = (
+                now - service_retention_seconds if service_retention_seconds is not None else None
+            )
+            for name, service in list(self.services.items()):
                 for instance in list(service.instances.values()):
-                    if instance.last_seen < cutoff:
+                    if instance.last_heard < cutoff:
                         self._retire_instance(service, instance)
+                if (
+                    service_cutoff is not None
+                    and not service.instances
+                    and service.last_heard < service_cutoff
+                ):
+                    service.channel_names.release()
+                    service.method_names.release()
+                    del self.services[name]
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -354,7 +412,7 @@ def _shutting_down(instance: Instance) -> bool:
 
 
 def _oldest_instance(service: Service) -> Instance:
-    return min(service.instances.values(), key=lambda instance: instance.last_seen)
+    return min(service.instances.values(), key=lambda instance: instance.last_heard)
 
 
 def _merge(channel: ChannelObject, record: dict[str, Any]) -> None:

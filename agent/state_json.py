@@ -102,7 +102,7 @@ def state_document(state: State, service_filter: str | None = None) -> dict[str,
                 "datagrams_received": counters.datagrams,
                 "events_received": counters.records,
                 "events_rejected": dict(counters.rejected),
-                "series_capped": dict(counters.capped),
+                "series_capped": {**state.caps.counts(), **state.sdk_capped()},
             },
             "services": services,
         }

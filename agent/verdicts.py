@@ -66,11 +66,21 @@ def runbook(rule: str) -> str:
     return f"docs/runbooks/{rule}.md"
 
 
+# An explanation quotes names a target sent (up to 1024 characters each); a report must stay
+# readable by report_json, which takes text of at most 4096 characters.
+MAX_EXPLANATION_CHARS: Final = 2000
+
+
 @dataclass(frozen=True, slots=True)
 class Violation:
     rule: str
     explanation: str
     at: float | None  # Unix seconds: when it happened
+
+    def __post_init__(self) -> None:
+        if len(self.explanation) > MAX_EXPLANATION_CHARS:
+            cut = self.explanation[: MAX_EXPLANATION_CHARS - 1] + "\u2026"
+            object.__setattr__(self, "explanation", cut)
 
 
 def _offset(time: float | None, origin: float | None) -> str:

@@ -36,6 +36,7 @@ class AgentProcess:
     port: int
     ingest: str
     workdir: str
+    pid: int = 0
 
 
 class LineReader:
@@ -117,7 +118,7 @@ def running_agent() -> Iterator[AgentProcess]:
         if process.stderr is None:  # pragma: no cover - stderr=PIPE always sets it
             raise RuntimeError("the agent's stderr pipe is missing")
         host, port = _wait_for_address(LineReader(process.stderr, "agent-stderr"))
-        yield AgentProcess(host, port, ingest, workdir)
+        yield AgentProcess(host, port, ingest, workdir, process.pid)
     finally:
         stop_process(process)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -126,14 +127,13 @@ def running_agent() -> Iterator[AgentProcess]:
 class MetricsScraper:
     """GETs /metrics over one kept-alive connection; reconnects once if it was dropped."""
 
-    def __init__(self, agent: AgentProcess) -> None:
+    def __init__(self, agent: AgentProcess, timeout: float = _SCRAPE_TIMEOUT_SECONDS) -> None:
         self._agent = agent
+        self._timeout = timeout
         self._connection = self._connect()
 
     def _connect(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(
-            self._agent.host, self._agent.port, timeout=_SCRAPE_TIMEOUT_SECONDS
-        )
+        return http.client.HTTPConnection(self._agent.host, self._agent.port, timeout=self._timeout)
 
     def scrape(self) -> str:
         try:

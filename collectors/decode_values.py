@@ -47,6 +47,16 @@ def is_optional_timestamp(value: object) -> bool:
     return value is None or is_timestamp(value)
 
 
+def is_one_of(value: object, choices: frozenset[str]) -> bool:
+    # Checked as text first: a list or an object is unhashable and must not reach `in`.
+    return type(value) is str and value in choices
+
+
+def is_optional_bool(value: object) -> bool:
+    # By type: 0 and 1 compare equal to False and True.
+    return value is None or type(value) is bool
+
+
 def is_seconds(value: object) -> bool:
     return is_number(value, 0.0, MAX_SECONDS)
 

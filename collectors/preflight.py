@@ -3,9 +3,13 @@
 Checks, in order (``run_preflight``):
 
 - ``pyspy_binary``: the py-spy executable and its version.
-- ``ptrace_capability``: ``CAP_SYS_PTRACE`` (bit 19) in this process's effective capabilities
-  (``CapEff`` in ``/proc/self/status``). Without it py-spy can still read a target that runs
-  as the same user when Yama allows it, so that case is a warning.
+- ``ptrace_capability``: will py-spy run with ``CAP_SYS_PTRACE`` (bit 19)? Either this
+  process has it in effect (``CapEff``), or the py-spy binary has the file capability
+  ``cap_sys_ptrace+ep`` and ``SYS_PTRACE`` is in this process's bounding set (how the
+  non-root agent image works, :mod:`drainwatch.collectors.file_caps`); ``no_new_privs`` is
+  then a warning (prctl(2): it disables file capabilities). Without any of that py-spy can
+  still read a target that runs as the same user when Yama allows it, so that case is a
+  warning.
 - ``ptrace_scope``: ``/proc/sys/kernel/yama/ptrace_scope``. 0: classic rules. 1: only
   descendants (or a tracee that called ``PR_SET_PTRACER``) unless the tracer has
   ``CAP_SYS_PTRACE``; a sidecar is never the app's parent, so it needs ``SYS_PTRACE``.
@@ -28,6 +32,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from drainwatch.collectors.file_caps import process_caps as read_process_caps
+from drainwatch.collectors.file_caps import read_file_caps
 from drainwatch.collectors.pyspy import (
     BINARY_MISSING,
     NO_PTRACE,
@@ -157,8 +163,46 @@ def effective_capabilities(proc_root: str = "/proc") -> int | None:
     return None
 
 
-def check_ptrace_capability(proc_root: str = "/proc", *, same_user_target: bool = False) -> Check:
+def check_pyspy_file_capability(binary: str | None, proc_root: str = "/proc") -> Check | None:
+    """The verdict when py-spy carries ``cap_sys_ptrace`` as a file capability; ``None`` when
+    it does not (the agent's own capabilities decide then)."""
+    name = "ptrace_capability"
+    caps = read_file_caps(binary) if binary else None
+    process = read_process_caps(proc_root)
+    if caps is None or not caps.has(CAP_SYS_PTRACE) or not caps.effective or process is None:
+        return None
+    if not process.bounding >> CAP_SYS_PTRACE & 1:
+        return _failed(
+            name,
+            NO_PTRACE,
+            f"{binary} has the cap_sys_ptrace file capability but SYS_PTRACE is not in the "
+            f"agent's bounding set (CapBnd={process.bounding:016x}), so it cannot even start; "
+            + _FIX_CAP,
+        )
+    if process.no_new_privs:
+        return _failed(
+            name,
+            NO_PTRACE,
+            f"{binary} has the cap_sys_ptrace file capability, but the agent runs with "
+            "no_new_privs, under which the kernel ignores file capabilities (prctl(2)); set "
+            "allowPrivilegeEscalation: true in the agent container (docs/security.md)",
+            WARN,
+        )
+    return _passed(
+        name,
+        f"{binary} gets CAP_SYS_PTRACE from its file capability (cap_sys_ptrace+ep; the agent "
+        f"itself runs without it, CapEff={process.effective:016x})",
+    )
+
+
+def check_ptrace_capability(
+    proc_root: str = "/proc", *, same_user_target: bool = False, binary: str | None = None
+) -> Check:
     caps = effective_capabilities(proc_root)
+    if caps is not None and not caps >> CAP_SYS_PTRACE & 1:
+        from_file = check_pyspy_file_capability(binary, proc_root)
+        if from_file is not None:
+            return from_file
     if caps is None:
         return _failed(
             "ptrace_capability",
@@ -255,7 +299,9 @@ def check_target_visible(pid: int, proc_root: str = "/proc") -> Check:
     return _passed("target_visible", f"pid {pid} is visible (state {state})")
 
 
-def check_target_root(pid: int, proc_root: str = "/proc") -> Check:
+def check_target_root(pid: int, proc_root: str = "/proc", *, pyspy_reads: bool = False) -> Check:
+    """``pyspy_reads``: py-spy has CAP_SYS_PTRACE of its own (a file capability), so what the
+    agent itself may not read, py-spy still can."""
     for path in (f"{proc_root}/{pid}/root", f"{proc_root}/{pid}/maps"):
         try:
             if path.endswith("/root"):
@@ -264,6 +310,15 @@ def check_target_root(pid: int, proc_root: str = "/proc") -> Check:
                 with open(path, "rb") as handle:
                     handle.read(1)
         except PermissionError:
+            if pyspy_reads:
+                return Check(
+                    "target_root",
+                    True,
+                    "",
+                    f"{path} is not readable by the agent itself (it runs without "
+                    "CAP_SYS_PTRACE); py-spy reads it with its file capability",
+                    SKIP,
+                )
             return _failed(
                 "target_root",
                 PROC_ROOT_UNREADABLE,
@@ -378,9 +433,12 @@ def run_preflight(
         and _target_uid(pid, proc_root) == os.geteuid()
         and (read_ptrace_scope(proc_root) or 0) == 0
     )
-    capability = check_ptrace_capability(proc_root, same_user_target=same_user)
+    capability = check_ptrace_capability(
+        proc_root, same_user_target=same_user, binary=find_pyspy(binary)
+    )
     checks.append(capability)
-    has_cap = capability.ok and capability.level == OK
+    has_cap = capability.ok and (capability.level == OK or "file capability" in capability.message)
+    from_file = has_cap and "file capability" in capability.message
     checks.append(check_ptrace_scope(proc_root, has_cap=has_cap))
     if pid is None or visible is None:
         checks.append(Check("target", True, "", "no target pid given: node checks only", SKIP))
@@ -388,7 +446,7 @@ def run_preflight(
     checks.append(visible)
     if not visible.ok:
         return checks
-    checks.append(check_target_root(pid, proc_root))
+    checks.append(check_target_root(pid, proc_root, pyspy_reads=from_file))
     checks.append(check_target_python(pid, proc_root, pyspy=version))
     return checks
 

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from drainwatch import __version__
+from drainwatch._clock import steady_time
 from drainwatch.collectors.grpc_health_wire import (
     CHECK_METHOD,
     SERVING,
@@ -277,7 +278,7 @@ class ProbeRunner:
         interval: float = DEFAULT_INTERVAL_SECONDS,
         fast_interval: float = DEFAULT_FAST_INTERVAL_SECONDS,
         max_transitions: int = DEFAULT_MAX_TRANSITIONS,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = steady_time,
     ) -> None:
         names = [probe.name for probe in probes]
         twice = sorted({name for name in names if names.count(name) > 1})

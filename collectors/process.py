@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Final, TypeVar
 
 import psutil
+from drainwatch._clock import steady_time
 
 from .psutil_types import ProcessFactory, ProcessHandle
 from .sock_diag import SockDiagSockets
@@ -141,7 +142,7 @@ class ProcessCollector:
         *,
         process: ProcessFactory = psutil.Process,
         sockets: SocketSource | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = steady_time,
         cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         self._process = process

@@ -319,6 +319,17 @@ class PySpyRunner:
                 env={**os.environ, "RUST_BACKTRACE": "0"},
                 start_new_session=True,  # so a timeout kills py-spy and anything it started
             )
+        except PermissionError as error:
+            # A binary with a file capability the bounding set lacks may not even start.
+            return DumpResult(
+                DENIED,
+                NO_PTRACE,
+                f"py-spy at {self.binary} may not start ({error.strerror}): it carries a file "
+                "capability this agent's bounding set lacks; add SYS_PTRACE to the container's "
+                "capabilities (or run drainwatch doctor)",
+                pid,
+                started_at=started_at,
+            )
         except OSError as error:
             reason = BINARY_MISSING if isinstance(error, FileNotFoundError) else PYSPY_ERROR
             return DumpResult(

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from drainwatch._clock import steady_time
 from drainwatch._thread_waits import Wait
 from drainwatch.collectors.kernel_waits import KernelWaitReader, ProcKernelWaits, classify_thread
 from drainwatch.collectors.pyspy import (
@@ -141,7 +142,7 @@ class PySpySampler:
         kernel_waits: KernelWaitReader | None = None,
         diagnose: Callable[[int, DumpResult], tuple[str, str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] = steady_time,
     ) -> None:
         self.config = config or SamplerConfig()
         self._runner = runner

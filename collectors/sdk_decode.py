@@ -9,6 +9,7 @@ evaluated or used as a path; strings are only stored and later escaped on output
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeGuard
@@ -19,6 +20,8 @@ from .decode_values import (
     MAX_STRING_CHARS,
     is_histogram,
     is_int,
+    is_one_of,
+    is_optional_bool,
     is_optional_text,
     is_optional_timestamp,
     is_seconds,
@@ -42,6 +45,8 @@ _PHASES: Final = frozenset({"running", "signalled", "draining", "stopping", "sto
 _ROLES: Final = frozenset({"business", "health", "metrics", "unknown"})
 _MAX_ENTRIES: Final = 64
 _MAX_TOPOLOGY_NODES: Final = 128
+_MAX_SDK_LIMITS: Final = 16
+_SDK_LIMIT: Final = re.compile(r"[a-z][a-z_]{0,31}")
 _TRIGGERS: Final = frozenset(
     {
         "snapshot",
@@ -133,14 +138,16 @@ def _envelope(message: dict[str, Any]) -> Envelope:
 def _check_record(record: object) -> str | None:
     if type(record) is not dict:
         return SCHEMA
-    check = _RECORD_CHECKS.get(record.get("type"))
+    kind = record.get("type")
+    # Looked up only as text: a list or an object is unhashable.
+    check = _RECORD_CHECKS.get(kind) if type(kind) is str else None
     return UNKNOWN_TYPE if check is None else check(record)
 
 
 def _check_inflight(record: dict[str, Any]) -> str | None:
     outcomes = record.get("outcomes")
     ok = (
-        record.get("protocol") in _PROTOCOLS
+        is_one_of(record.get("protocol"), _PROTOCOLS)
         and is_text(record.get("method"))
         and is_int(record.get("active"))
         and is_int(record.get("started_during_drain"))
@@ -175,7 +182,7 @@ def _check_step(step: object) -> bool:
         and step.keys() >= _STEP_KEYS
         and is_timestamp(step.get("started"))
         and is_optional_timestamp(step.get("finished"))
-        and step.get("ok") in (None, True, False)
+        and is_optional_bool(step.get("ok"))
         and is_optional_text(step.get("detail"))
     )
 
@@ -184,7 +191,7 @@ def _check_listener(listener: object) -> bool:
     return (
         type(listener) is dict
         and listener.keys() >= _LISTENER_KEYS
-        and listener.get("role") in _ROLES
+        and is_one_of(listener.get("role"), _ROLES)
         and (listener.get("port") is None or is_int(listener.get("port"), 0, 65535))
         and is_timestamp(listener.get("opened"))
         and is_optional_timestamp(listener.get("stop_started"))
@@ -249,13 +256,13 @@ def _check_shutdown(record: dict[str, Any]) -> str | None:
     exit_code = record.get("exit_code")
     ok = (
         record.keys() >= _SHUTDOWN_KEYS
-        and record.get("phase") in _PHASES
+        and is_one_of(record.get("phase"), _PHASES)
         and type(signals) is list
         and len(signals) <= _MAX_ENTRIES
         and all(_check_signal(signal) for signal in signals)
         and _is_small_map(steps)
         and all(_check_step(step) for step in steps.values())
-        and record.get("ready") in (None, True, False)
+        and is_optional_bool(record.get("ready"))
         and is_optional_timestamp(record.get("ready_changed"))
         and _is_small_map(health)
         and all(_check_health(entry) for entry in health.values())
@@ -269,6 +276,18 @@ def _check_shutdown(record: dict[str, Any]) -> str | None:
     return None if ok else SCHEMA
 
 
+def _check_capped(capped: object) -> bool:
+    """Optional ``{limit: count}`` of the SDK's own caps: at most 16 short identifiers."""
+    return capped is None or (
+        type(capped) is dict
+        and len(capped) <= _MAX_SDK_LIMITS
+        and all(
+            _SDK_LIMIT.fullmatch(name) is not None and is_int(count)
+            for name, count in capped.items()
+        )
+    )
+
+
 def _check_process(record: dict[str, Any]) -> str | None:
     ok = (
         is_timestamp(record.get("started"))
@@ -276,6 +295,7 @@ def _check_process(record: dict[str, Any]) -> str | None:
         and is_text(record.get("sdk"), 32)
         and is_int(record.get("channels"))
         and is_int(record.get("internal_errors", 0))
+        and _check_capped(record.get("capped"))
     )
     return None if ok else SCHEMA
 
@@ -284,12 +304,43 @@ def _check_pair(value: object, check: Any) -> bool:
     return type(value) is dict and check(value.get("send")) and check(value.get("receive"))
 
 
+# Every key of a channel record, nullable ones included: the agent's merge reads them all.
+_CHANNEL_KEYS: Final = frozenset(
+    {
+        "trigger",
+        "id",
+        "name",
+        "kind",
+        "owner",
+        "capacity",
+        "created",
+        "closed",
+        "immediate",
+        "closed_by",
+        "closed_where",
+        "drained",
+        "residual",
+        "depth",
+        "sent",
+        "received",
+        "discarded",
+        "read_after_close",
+        "send_after_close",
+        "double_close",
+        "waiters",
+        "oldest_wait",
+        "wait",
+    }
+)
+
+
 def _check_channel(record: dict[str, Any]) -> str | None:
     ok = (
-        record.get("trigger") in _TRIGGERS
+        record.keys() >= _CHANNEL_KEYS
+        and is_one_of(record.get("trigger"), _TRIGGERS)
         and is_int(record.get("id"), 1)
         and is_text(record.get("name"))
-        and record.get("kind") in _CHANNEL_KINDS
+        and is_one_of(record.get("kind"), _CHANNEL_KINDS)
         and is_optional_text(record.get("owner"))
         and is_int(record.get("capacity"))
         and is_timestamp(record.get("created"))

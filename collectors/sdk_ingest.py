@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import os
 import socket
@@ -20,14 +21,19 @@ from typing import Protocol
 from drainwatch._endpoint import Endpoint
 from drainwatch._protocol import MAX_DATAGRAM_BYTES
 
+from .ingest_watch import CHECK_SECONDS, SocketWatch, SocketWatchStats
 from .sdk_decode import Decoded, Rejected, decode_datagram
 
 logger = logging.getLogger("drainwatch.agent")
 
 _SOCKET_MODE = 0o660
-_DIRECTORY_MODE = 0o770
+# Connecting needs write on the socket and search on the directory: the group (the pod's
+# app) can connect, only the agent can create, remove or replace entries.
+_DIRECTORY_MODE = 0o750
 _RECEIVE_BUFFER_BYTES = 4 << 20
-_BATCH_PER_WAKEUP = 256
+# Datagrams read per wakeup and connection: small enough that a saturated ingest leaves the
+# loop to the HTTP server often (bench/soak.py: scrape p50 0.63 s at 256, 0.18 s at 64).
+_BATCH_PER_WAKEUP = 64
 _REJECTION_LOG_GAP_SECONDS = 60.0
 
 
@@ -76,34 +82,64 @@ class _Receiver:
 
 
 class UnixIngest:
-    """Listens on a Unix ``SOCK_SEQPACKET`` socket (mode 0660) and reads every connection."""
+    """Listens on a Unix ``SOCK_SEQPACKET`` socket (mode 0660) and reads every connection;
+    keeps the path pointing at this socket (``ingest_watch.SocketWatch``)."""
 
-    def __init__(self, endpoint: Endpoint, sink: IngestSink) -> None:
+    def __init__(
+        self, endpoint: Endpoint, sink: IngestSink, check_seconds: float = CHECK_SECONDS
+    ) -> None:
         self.endpoint = endpoint
         self._receiver = _Receiver(sink, str(endpoint))
         self._sink = sink
         self._listener: socket.socket | None = None
         self._connections: dict[socket.socket, str | None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._check_seconds = check_seconds
+        self._watch: SocketWatch | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._path_identity: tuple[int, int] | None = None
+
+    @property
+    def watch_stats(self) -> SocketWatchStats:
+        return self._watch.stats if self._watch is not None else SocketWatchStats()
 
     async def start(self) -> None:
         path = self.endpoint.path
         _prepare_socket_path(path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            listener.bind(path)
-            os.chmod(path, _SOCKET_MODE)
-            listener.listen(128)
-            listener.setblocking(False)
+            listener = _listen(path)
         except OSError as error:
-            listener.close()
             raise IngestError(
                 f"ingest {self.endpoint}: cannot listen ({error.strerror or error}); "
                 "check that the directory is writable by the agent's user"
             ) from None
-        self._listener = listener
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(listener.fileno(), self._accept)
+        self._use(listener)
+        self._path_identity = _identity(path)
+        self._watch = SocketWatch(path, self._path_identity, self._rebind)
+        self._watch_task = self._loop.create_task(self._watch_forever(), name="drainwatch-ingest")
+
+    def _use(self, listener: socket.socket) -> None:
+        old, self._listener = self._listener, listener
+        if self._loop is not None:
+            if old is not None:
+                self._loop.remove_reader(old.fileno())
+            self._loop.add_reader(listener.fileno(), self._accept)
+        if old is not None:
+            old.close()  # connections it accepted stay open and keep being read
+
+    def _rebind(self) -> None:
+        path = self.endpoint.path
+        self._use(_listen(path))
+        self._path_identity = _identity(path)
+        if self._watch is not None:
+            self._watch.bound(self._path_identity)
+
+    async def _watch_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._check_seconds)
+            if self._watch is not None:
+                self._watch.check()
 
     def _accept(self) -> None:
         listener = self._listener
@@ -146,28 +182,78 @@ class UnixIngest:
             self._sink.disconnected(instance)
 
     async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            self._watch_task = None
         for connection in list(self._connections):
             self._drop(connection)
         listener, self._listener = self._listener, None
         if listener is not None:
             if self._loop is not None:
                 self._loop.remove_reader(listener.fileno())
+            mine = self._path_identity
             listener.close()
             try:
-                os.unlink(self.endpoint.path)
+                # only this agent's socket: a path taken over since belongs to someone else
+                if _identity(self.endpoint.path) == mine:
+                    os.unlink(self.endpoint.path)
             except FileNotFoundError:
                 pass
+
+
+def _listen(path: str) -> socket.socket:
+    """A non-blocking listening SEQPACKET socket bound at ``path`` with mode 0660."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        listener.bind(path)
+        os.chmod(path, _SOCKET_MODE)
+        listener.listen(128)
+        listener.setblocking(False)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def _identity(path: str) -> tuple[int, int]:
+    """(device, inode) of the file at ``path``."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def _check_directory_owner(directory: str) -> None:
+    """Refuse a socket directory that another (non-root) user owns: whoever owns it can
+    replace the socket with their own and collect every process's datagrams, which is what
+    a directory pre-created in a shared /tmp would allow."""
+    try:
+        owner = os.stat(directory).st_uid
+    except OSError as error:
+        raise IngestError(
+            f"ingest directory {directory}: cannot check it ({error.strerror or error})"
+        ) from None
+    if owner not in (0, os.geteuid()):
+        raise IngestError(
+            f"ingest directory {directory} must belong to the agent's user "
+            f"(uid {os.geteuid()}) or root, not uid {owner}: its owner could replace the "
+            "socket; use a directory of the agent's own (an emptyDir volume in a pod) or "
+            "remove this one"
+        )
 
 
 def _prepare_socket_path(path: str) -> None:
     directory = os.path.dirname(path) or "/"
     try:
-        os.makedirs(directory, mode=_DIRECTORY_MODE, exist_ok=True)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=_DIRECTORY_MODE)
+            os.chmod(directory, _DIRECTORY_MODE)  # makedirs' mode is cut by the umask
+    except FileExistsError:
+        pass  # created in between by someone else: the owner check below decides
     except OSError as error:
         raise IngestError(
             f"ingest unix://{path}: cannot create directory {directory} "
             f"({error.strerror or error}); create it or choose a writable path"
         ) from None
+    _check_directory_owner(directory)
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -213,6 +299,17 @@ class UdpIngest:
         self.port = endpoint.port
 
     async def start(self) -> None:
+        try:
+            loopback = ipaddress.ip_address(self.endpoint.host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            # parse_endpoint refuses these already; an endpoint built in code must not
+            # reach a network either: datagrams are unauthenticated.
+            raise IngestError(
+                f"ingest {self.endpoint}: UDP ingest must bind a loopback address "
+                "(127.0.0.1 or ::1); datagrams are unauthenticated and must stay in the pod"
+            )
         family = socket.AF_INET6 if ":" in self.endpoint.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:

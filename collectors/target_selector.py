@@ -10,6 +10,7 @@ show it as it is.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Final
 
@@ -52,7 +53,11 @@ def parse_target_cmdline(value: object, where: str) -> re.Pattern[str]:
             "example: 'gunicorn .*orders:app'"
         )
     try:
-        return re.compile(value)
+        with warnings.catch_warnings():
+            # "possible nested set" FutureWarnings are about a future Python's reading of
+            # the pattern, not an error in it; the agent's log is no place for them.
+            warnings.simplefilter("ignore", FutureWarning)
+            return re.compile(value)
     except re.error as error:
         raise ValueError(
             f"{where} must be a valid regular expression: {value!r} ({error}); "

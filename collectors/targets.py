@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
 import psutil
+from drainwatch._clock import steady_time
 
 from .psutil_types import ProcessFactory, ProcessHandle
 from .target_selector import TargetSelector, parse_target_cmdline, parse_target_pid
@@ -118,7 +118,7 @@ class TargetDiscovery:
         *,
         pids: Callable[[], Iterable[int]] = psutil.pids,
         process: ProcessFactory = psutil.Process,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = steady_time,
         exclude_own_tree: bool = True,
         own_pid: Callable[[], int] = os.getpid,
     ) -> None:

@@ -117,7 +117,7 @@ def check_loop(record: dict[str, Any]) -> bool:
         and is_int(record.get("stalls_total"))
         and _is_list(stalls, MAX_STALLS)
         and all(_is_stall(entry) for entry in stalls)
-        and record.get("truncated", False) in (True, False)
+        and type(record.get("truncated", False)) is bool
     )
 
 
@@ -147,5 +147,5 @@ def check_threads(record: dict[str, Any]) -> bool:
         and _is_counts(record.get("waiting"))
         and _is_list(top)
         and all(_is_thread(entry) for entry in top)
-        and record.get("truncated", False) in (True, False)
+        and type(record.get("truncated", False)) is bool
     )

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from . import _runtime
+from ._clock import steady_time
 from ._errors import ChannelClosed
 from ._histogram import WaitHistogram
 from ._protocol import MAX_LOCATION_CHARS, MAX_NAME_CHARS, clip
@@ -84,7 +85,7 @@ class ChannelBase(ABC):
         self._buffer: deque[Any] = deque()
         self._closed = False
         self._immediate = False
-        self._created_at = time.time()
+        self._created_at = steady_time()
         self._closed_at: float | None = None
         self._drained_at: float | None = None
         self._closed_by: str | None = None
@@ -139,7 +140,7 @@ class ChannelBase(ABC):
         """Record the close; return how many buffered items an immediate close discards."""
         self._closed = True
         self._immediate = immediate
-        self._closed_at = time.time()
+        self._closed_at = steady_time()
         self._closed_by = clip(actor, MAX_NAME_CHARS)
         self._closed_where = clip(location, MAX_LOCATION_CHARS)
         residual = self.qsize()
@@ -178,7 +179,7 @@ class ChannelBase(ABC):
 
     def _note_drained(self) -> None:
         if self._drained_at is None:
-            self._drained_at = time.time()
+            self._drained_at = steady_time()
             self._emit("drained")
 
     # -- reporting ---------------------------------------------------------------------------

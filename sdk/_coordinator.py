@@ -12,12 +12,12 @@ import asyncio
 import inspect
 import logging
 import signal
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _runtime
+from ._clock import steady_time
 from ._shutdown import (
     BUSINESS,
     CANCEL,
@@ -273,7 +273,7 @@ class ShutdownCoordinator:
         return result
 
     async def _readiness_off(self, result: ShutdownResult) -> None:
-        started = time.time()
+        started = steady_time()
         self._ready = False
         STATE.step_started(READINESS_OFF)
         STATE.set_ready(False)
@@ -286,7 +286,7 @@ class ShutdownCoordinator:
             except Exception as error:  # record, keep shutting down
                 errors.append(error)
         step = StepResult(
-            READINESS_OFF, started, time.time(), not errors, errors[0] if errors else None
+            READINESS_OFF, started, steady_time(), not errors, errors[0] if errors else None
         )
         STATE.step_finished(READINESS_OFF, ok=step.ok, detail=_describe(step))
         result.steps.append(step)
@@ -365,7 +365,7 @@ async def _timed(
     forced: asyncio.Event | None,
 ) -> StepResult:
     """Run one step under ``timeout``; a second signal (``forced``) cuts it short too."""
-    started = time.time()
+    started = steady_time()
     task = asyncio.ensure_future(run())
     waiters: set[asyncio.Future[Any]] = {task}
     force_wait = asyncio.ensure_future(forced.wait()) if forced is not None else None
@@ -380,20 +380,25 @@ async def _timed(
     if task not in done:
         task.cancel()
         return StepResult(
-            name, started, time.time(), ok=False, timed_out=not cut_by_signal, forced=cut_by_signal
+            name,
+            started,
+            steady_time(),
+            ok=False,
+            timed_out=not cut_by_signal,
+            forced=cut_by_signal,
         )
     if task.cancelled():
         return StepResult(
             name,
             started,
-            time.time(),
+            steady_time(),
             ok=False,
             error=asyncio.CancelledError(),
             forced=cut_by_signal,
         )
     error = task.exception()
     return StepResult(
-        name, started, time.time(), ok=error is None, error=error, forced=cut_by_signal
+        name, started, steady_time(), ok=error is None, error=error, forced=cut_by_signal
     )
 
 

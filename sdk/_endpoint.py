@@ -59,7 +59,10 @@ def parse_endpoint(url: str, *, setting: str = "endpoint") -> Endpoint:
         raise EndpointError(
             f"{setting} must be a URL like {DEFAULT_ENDPOINT} or udp://127.0.0.1:9470: {url!r}"
         )
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as error:  # e.g. an unbalanced "[" ("Invalid IPv6 URL")
+        raise EndpointError(f"{setting} must be a well-formed URL ({error}): {url!r}") from None
     if parts.scheme == "unix":
         path = parts.netloc + parts.path if parts.netloc else parts.path
         if not path.startswith("/"):

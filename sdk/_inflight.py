@@ -13,6 +13,7 @@ from bisect import bisect_left
 from typing import Any, Final
 
 from . import _shutdown
+from ._caps import CAPPED
 from ._histogram import WAIT_BUCKETS, WaitHistogram
 from ._protocol import MAX_NAME_CHARS, clip
 
@@ -75,6 +76,7 @@ class InflightRegistry:
             if stats is None:
                 if len(self._methods) >= MAX_METHODS:
                     self.capped += 1
+                    CAPPED.note("methods")
                     key = (protocol, OTHER_METHOD)
                     stats = self._methods.get(key)
                 if stats is None:

@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ._caps import CAPPED
+
 PROTOCOL_VERSION = 1
 
 # The SDK never sends more than this in one datagram; the agent accepts up to
@@ -36,7 +38,11 @@ RECORD_BUDGET_BYTES = 24 * 1024
 
 
 def clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+    """``text`` cut to ``limit`` characters (counted as an SDK cap when it is)."""
+    if len(text) <= limit:
+        return text
+    CAPPED.note("name_length")
+    return text[: limit - 1] + "\u2026"
 
 
 def _size(value: object) -> int:

@@ -16,6 +16,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from . import _inflight, _shutdown
+from ._caps import CAPPED
+from ._clock import steady_time
 from ._protocol import Packer
 from ._settings import Settings
 from ._tracking import TRACKING
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 # When woken early (after-close bursts), snapshots still come no closer than this.
 _MIN_HASTENED_GAP_SECONDS = 0.05
 _RETRY_PAUSE_SECONDS = 0.005
+_PATIENT_RECONNECT_SECONDS = 0.05
 _MAX_PENDING_RETIRED = 10_000
 # While the process shuts down every 100 ms matters: the agent's last view of what was in
 # flight is at most this old if the process is SIGKILLed.
@@ -62,7 +65,7 @@ class Reporter:
         self._hastened = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._started_at = time.time()
+        self._started_at = steady_time()
         self.internal_errors = 0
 
     # -- channels --------------------------------------------------------------------------
@@ -129,6 +132,9 @@ class Reporter:
                     with self._drop_lock:
                         self._packer.dropped += count
                     break
+                # An agent that restarted is reconnected to within the deadline, not only
+                # after the idle backoff (longer than the flush at exit).
+                self._transport.shorten_backoff(_PATIENT_RECONNECT_SECONDS)
                 time.sleep(_RETRY_PAUSE_SECONDS)
         return delivered
 
@@ -170,6 +176,7 @@ class Reporter:
             "sdk": __version__,
             "channels": channel_count,
             "internal_errors": self.internal_errors,
+            **({"capped": capped} if (capped := CAPPED.counts()) else {}),
         }
 
     def flush(self, timeout: float = 0.0) -> bool:

@@ -14,6 +14,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ._caps import CAPPED
 from ._reporter import Reporter
 from ._settings import Settings, settings_from_env
 from ._transport import NullTransport, Transport, open_transport
@@ -78,9 +79,18 @@ def _install_process_hooks() -> None:
 
 
 def current() -> Reporter:
-    """The running reporter, started on first use. Never raises."""
+    """The running reporter, started on first use. Never raises.
+
+    A process whose pid is not the reporter's was forked without Python's at-fork hooks
+    (``fork()`` called from C: an embedding server, an extension): it would otherwise send
+    as its parent, on its parent's socket, with no reporter thread. It is given its own
+    reporter here, at its first SDK call that reaches the runtime.
+    """
     reporter = _reporter
     if reporter is not None:
+        if reporter.packer.pid != os.getpid():
+            _after_fork_in_child()
+            return _reporter or reporter
         return reporter
     with _lock:
         if _reporter is not None:
@@ -150,6 +160,7 @@ def _after_fork_in_child() -> None:
     STATE.reset_after_fork()
     REGISTRY.reset_after_fork()
     TRACKING.reset_after_fork()
+    CAPPED.reset_after_fork()
     previous = _reporter
     if previous is None:
         return

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import signal as signal_module
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ._caps import CAPPED
+from ._clock import steady_time
 from ._protocol import MAX_LOCATION_CHARS, MAX_NAME_CHARS, clip
 
 RUNNING: Final = "running"
@@ -86,10 +87,12 @@ class ShutdownState:
     def note_signal(self, signum: int) -> None:
         with self.lock:
             if len(self.signals) < MAX_SIGNALS:
-                self.signals.append((_signal_name(signum), time.time()))
+                self.signals.append((_signal_name(signum), steady_time()))
+            else:
+                CAPPED.note("signals")
             self._advance(SIGNALLED)
             if DRAIN not in self.steps:
-                self.steps[DRAIN] = Step(time.time())
+                self.steps[DRAIN] = Step(steady_time())
         _emit()
 
     def begin_shutdown(self) -> None:
@@ -97,14 +100,17 @@ class ShutdownState:
         with self.lock:
             self._advance(DRAINING)
             if DRAIN not in self.steps:
-                self.steps[DRAIN] = Step(time.time())
+                self.steps[DRAIN] = Step(steady_time())
         _emit()
 
     def step_started(self, name: str, detail: str | None = None) -> None:
         with self.lock:
             name = clip(name, MAX_NAME_CHARS)
-            if name not in self.steps and len(self.steps) < MAX_STEPS:
-                self.steps[name] = Step(time.time(), detail=_detail(detail))
+            if name not in self.steps:
+                if len(self.steps) < MAX_STEPS:
+                    self.steps[name] = Step(steady_time(), detail=_detail(detail))
+                else:
+                    CAPPED.note("steps")
             if self.phase == SIGNALLED:
                 self._advance(DRAINING)
         _emit()
@@ -113,7 +119,7 @@ class ShutdownState:
         with self.lock:
             step = self.steps.get(clip(name, MAX_NAME_CHARS))
             if step is not None and step.finished is None:
-                step.finished = time.time()
+                step.finished = steady_time()
                 step.ok = ok
                 if detail is not None:
                     step.detail = _detail(detail)
@@ -126,7 +132,7 @@ class ShutdownState:
                 return
             was_ready = self.ready
             self.ready = ready
-            self.ready_changed = time.time()
+            self.ready_changed = steady_time()
             if not ready and was_ready and READINESS_OFF not in self.steps:
                 self.steps[READINESS_OFF] = Step(self.ready_changed, self.ready_changed, True)
                 self._advance(DRAINING)
@@ -140,7 +146,9 @@ class ShutdownState:
             if previous is not None and previous[0] == status:
                 return
             if len(self.health) < MAX_STEPS or previous is not None:
-                self.health[service] = (clip(status, 32), time.time())
+                self.health[service] = (clip(status, 32), steady_time())
+            else:
+                CAPPED.note("health")
         if service == "":
             self.set_ready(status == "SERVING")
         else:
@@ -150,25 +158,27 @@ class ShutdownState:
         with self.lock:
             name = clip(name, MAX_NAME_CHARS)
             if len(self.listeners) < MAX_STEPS:
-                self.listeners[name] = Listener(role, port, time.time())
+                self.listeners[name] = Listener(role, port, steady_time())
+            else:
+                CAPPED.note("listeners")
         _emit()
 
     def listener_stop_started(self, name: str, detail: str | None = None) -> None:
         with self.lock:
             listener = self.listeners.get(clip(name, MAX_NAME_CHARS))
             if listener is not None and listener.stop_started is None:
-                listener.stop_started = time.time()
+                listener.stop_started = steady_time()
             if self.phase == RUNNING:
                 self._advance(DRAINING)
                 if DRAIN not in self.steps:
-                    self.steps[DRAIN] = Step(time.time())
+                    self.steps[DRAIN] = Step(steady_time())
         self.step_started(name, detail)
 
     def listener_closed(self, name: str, ok: bool = True, detail: str | None = None) -> None:
         with self.lock:
             listener = self.listeners.get(clip(name, MAX_NAME_CHARS))
             if listener is not None and listener.closed is None:
-                listener.closed = time.time()
+                listener.closed = steady_time()
                 if listener.stop_started is None:
                     listener.stop_started = listener.closed
         self.step_finished(name, ok, detail)
@@ -178,7 +188,7 @@ class ShutdownState:
             step = self.steps.get(DRAIN)
             if step is None or step.finished is not None:
                 return
-            step.finished = time.time()
+            step.finished = steady_time()
             step.ok = True
             self._advance(STOPPING)
         _emit()
@@ -187,7 +197,7 @@ class ShutdownState:
         with self.lock:
             if self.exited is not None:
                 return
-            self.exited = time.time()
+            self.exited = steady_time()
             self.exit_code = code
             self.inflight_at_exit = inflight
             self._advance(STOPPED)

@@ -32,6 +32,12 @@ class Transport(Protocol):
         """Whether an agent was reachable at the last attempt (a refusal is then transient)."""
         ...
 
+    def shorten_backoff(self, seconds: float) -> None:
+        """Allow the next connection attempt after ``seconds`` at most (a caller that is
+        willing to wait, such as the final flush at exit, retries sooner than the idle
+        backoff would)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -87,6 +93,9 @@ class UnixSeqpacketTransport:
     def connected(self) -> bool:
         return self._sock is not None
 
+    def shorten_backoff(self, seconds: float) -> None:
+        self._next_attempt = min(self._next_attempt, time.monotonic() + seconds)
+
     def _discard(self, sock: socket.socket) -> None:
         if self._sock is sock:
             self._sock = None
@@ -126,6 +135,9 @@ class UdpTransport:
     def connected(self) -> bool:
         return True  # connectionless: nothing tells an absent agent from a slow one
 
+    def shorten_backoff(self, seconds: float) -> None:
+        return None  # connectionless: nothing to reconnect
+
     def close(self) -> None:
         self._sock.close()
 
@@ -139,6 +151,9 @@ class NullTransport:
     @property
     def connected(self) -> bool:
         return False
+
+    def shorten_backoff(self, seconds: float) -> None:
+        return None
 
     def close(self) -> None:
         return None

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from ._caller import caller_location, current_actor
 from ._channel_base import ChannelBase, Waiter
+from ._clock import steady_time
 
 Q = TypeVar("Q", bound=asyncio.Queue[Any] | queue.Queue[Any])
 
@@ -116,7 +117,7 @@ class QueueWatch(ChannelBase):
                 self._discarded += remaining
                 self._immediate = True
                 if self._drained_at is None:
-                    self._drained_at = time.time()
+                    self._drained_at = steady_time()
             self._emit("double_close")
             return
         # The queue's own shutdown() discards the items right after this.

@@ -132,3 +132,22 @@ def threads_record(*top: dict[str, Any], **fields: Any) -> dict[str, Any]:
     }
     record.update(fields)
     return record
+
+
+def inflight_record(
+    protocol: str = "grpc", method: str = "/pay.Payments/Charge", **fields: Any
+) -> dict[str, Any]:
+    """A valid ``inflight`` record with nothing in flight; ``fields`` override any key."""
+    record: dict[str, Any] = {
+        "type": "inflight",
+        "protocol": protocol,
+        "method": method,
+        "active": 0,
+        "started_during_drain": 0,
+        "outcomes": dict.fromkeys(
+            ("ok", "error", "cancelled", "aborted_at_shutdown", "rejected_draining"), 0
+        ),
+        "duration": {"counts": [0] * (len(WAIT_BUCKETS) + 1), "sum": 0.0, "count": 0},
+    }
+    record.update(fields)
+    return record

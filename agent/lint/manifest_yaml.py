@@ -101,7 +101,11 @@ def _children(node: Node) -> list[Node]:
 
 def compose_documents(text: str) -> list[Node]:
     """Every non-empty document of ``text``; raises ``ManifestError``."""
-    loader = _LimitedLoader(text)
+    try:
+        # The reader checks the whole text for characters YAML forbids as it is built.
+        loader = _LimitedLoader(text)
+    except yaml.YAMLError as error:
+        raise ManifestError(f"cannot parse YAML: {error}") from None
     documents: list[Node] = []
     try:
         while loader.check_node():

@@ -20,7 +20,7 @@ def clock() -> FakeTime:
 def spawn(monkeypatch: pytest.MonkeyPatch, clock: FakeTime) -> Callable[[], SdkProcess]:
     """Start a simulated SDK process; the latest one is the process-wide ``STATE`` (which
     the in-flight registry consults), and nothing is sent to a real agent."""
-    monkeypatch.setattr(_shutdown, "time", clock)
+    monkeypatch.setattr(_shutdown, "steady_time", clock)
     monkeypatch.setattr(_shutdown, "_emit", lambda: None)
 
     def new() -> SdkProcess:

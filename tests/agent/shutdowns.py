@@ -20,8 +20,8 @@ SIGTERM = int(signal.SIGTERM)
 
 
 class FakeTime:
-    """Stands in for the ``time`` module inside ``drainwatch._shutdown``; also the agent's
-    wall clock. ``now`` is absolute Unix seconds."""
+    """Stands in for ``drainwatch._shutdown.steady_time`` (called) and is the agent's clocks
+    (called, or ``.time()``). ``now`` is absolute Unix seconds."""
 
     def __init__(self) -> None:
         self.now = T0
@@ -142,5 +142,7 @@ class Feeder:
 
 
 def make_state(clock: FakeTime, limits: Limits | None = None) -> tuple[State, Feeder]:
-    state = State(limits or Limits(), default_service="agent-default", wall_clock=clock)
+    state = State(
+        limits or Limits(), default_service="agent-default", wall_clock=clock, clock=clock
+    )
     return state, Feeder(state)

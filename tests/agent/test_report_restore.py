@@ -88,7 +88,7 @@ def test_a_restarted_agent_serves_and_counts_the_saved_report(
     assert writer.flush(5.0)
     writer.stop()
 
-    state = State(Limits(), default_service="agent-default", wall_clock=clock)
+    state = State(Limits(), default_service="agent-default", wall_clock=clock, clock=clock)
     reports = DrainReports(state, BUDGET, clock=clock)
     assert restore(StateDir(tmp_path, keep=5), reports) == 1
     [served] = reports.document()["reports"]
@@ -115,7 +115,7 @@ def test_a_saved_file_that_is_not_a_report_is_quarantined(
     assert state_dir.save_report(good.to_json()) is not None
     broken = good.to_json() | {"instance": "b", "steps": [{"kind": 7}]}
     assert state_dir.save_report(broken) is not None
-    state = State(Limits(), default_service="agent-default", wall_clock=clock)
+    state = State(Limits(), default_service="agent-default", wall_clock=clock, clock=clock)
     reports = DrainReports(state, BUDGET, clock=clock)
     assert restore(StateDir(tmp_path, keep=5), reports) == 1
     assert len(list((tmp_path / "quarantine").iterdir())) == 1

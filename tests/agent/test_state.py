@@ -52,7 +52,9 @@ class Feeder:
 
 def make_state(limits: Limits | None = None) -> tuple[State, Feeder, Clock]:
     clock = Clock()
-    state = State(limits or Limits(), default_service="agent-default", wall_clock=clock)
+    state = State(
+        limits or Limits(), default_service="agent-default", wall_clock=clock, clock=clock
+    )
     return state, Feeder(state), clock
 
 
@@ -157,7 +159,7 @@ def test_churned_short_lived_channels_do_not_grow_memory_or_lose_counts() -> Non
     assert len(instance.channels) <= 10
     [summary] = summarize(state.services["svc"])
     assert summary.counters["sent"] == 100
-    assert state.counters.capped["channel_objects"] == 90
+    assert state.caps.counts()["channel_objects"] == 90
 
 
 def test_channel_names_over_the_cap_fold_into_other_and_are_counted() -> None:
@@ -169,7 +171,7 @@ def test_channel_names_over_the_cap_fold_into_other_and_are_counted() -> None:
     assert len(names) == 6 and OTHER in names
     other = next(s for s in summarize(state.services["svc"]) if s.name == OTHER)
     assert other.counters["sent"] == 15
-    assert state.counters.capped["channels"] == 15
+    assert state.caps.counts()["channels"] == 15
     metrics = samples(state)
     assert (
         metrics[
@@ -191,8 +193,8 @@ def test_services_over_the_cap_fold_into_other_and_long_labels_are_cut() -> None
     assert sorted(state.services) == [OTHER, "service-0", "service-1"]
     names = {summary.name for summary in summarize(state.services["service-0"])}
     assert {len(name) for name in names} == {6, 16}
-    assert state.counters.capped["services"] == 2
-    assert state.counters.capped["label_length"] == 1
+    assert state.caps.counts()["services"] == 2
+    assert state.caps.counts()["label_length"] == 1
 
 
 def test_processes_without_a_service_name_take_the_agents() -> None:

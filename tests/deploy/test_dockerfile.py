@@ -71,11 +71,16 @@ def test_hadolint_flags_a_root_image_with_an_unpinned_base(tmp_path: Path) -> No
 
 def test_the_agent_stage_is_slim_non_root_and_starts_the_agent() -> None:
     """The runtime stage is a -slim Python, copies only the virtualenv from the build
-    stage, runs as a numeric non-root user and starts `drainwatch agent`."""
+    stage, gives py-spy its file capability and strips setuid bits (its one RUN, executed
+    by tests/e2e/test_least_privilege.py), runs as a numeric non-root user and starts
+    `drainwatch agent`."""
     agent = stages()["agent"]
     base = next(c for c in instructions() if c.cmd == "ARG").value[0]
     assert "-slim" in base
-    assert [c.cmd for c in agent].count("RUN") == 0
+    [run] = [c.value[0] for c in agent if c.cmd == "RUN"]
+    grant, strip = (part.strip() for part in run.split("&&"))
+    assert grant.endswith("file_caps grant /opt/drainwatch/bin/py-spy")
+    assert strip == "find / -xdev -perm /6000 -type f -exec chmod a-s {} +"
     copies = [c for c in agent if c.cmd == "COPY"]
     assert [c.flags for c in copies] == [("--from=build",)]
     user = next(c for c in agent if c.cmd == "USER").value[0]

@@ -149,15 +149,18 @@ def test_the_agent_is_a_native_sidecar_in_a_shared_pid_namespace() -> None:
 
 
 def test_sys_ptrace_is_granted_to_the_sidecar_only() -> None:
-    """SYS_PTRACE is the sidecar's one added capability; the app drops everything; both
-    have read-only root filesystems and no privilege escalation."""
+    """SYS_PTRACE is the sidecar's one added capability; the app drops everything; both run
+    as non-root with read-only root filesystems. Only the sidecar may gain a privilege on
+    exec (py-spy's file capability needs no_new_privs off); the app may not."""
     agent, app = _containers()
     assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["SYS_PTRACE"]}
     assert app["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert app["securityContext"]["runAsNonRoot"] is True
     for container in (agent, app):
-        assert container["securityContext"]["readOnlyRootFilesystem"] is True
-        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        context = container["securityContext"]
+        assert context["runAsNonRoot"] is True and context["runAsUser"] > 0
+        assert context["readOnlyRootFilesystem"] is True
+    assert agent["securityContext"]["allowPrivilegeEscalation"] is True
+    assert app["securityContext"]["allowPrivilegeEscalation"] is False
 
 
 def test_the_socket_volume_is_shared_and_matches_both_ends() -> None:

@@ -140,6 +140,7 @@ HOSTILE_YAML = {
     "binary": (bytes(range(256)) * 4, "binary file"),
     "invalid UTF-8": (b'kind: Pod\nmetadata: {name: "\xff"}\n', "not valid utf-8"),
     "too many documents": (b"---\nkind: Pod\n" * 1100, "more than 1000 YAML documents"),
+    "control character": (b"kind: Pod\nmetadata: {name: a\x1cb}\n", "cannot parse YAML"),
 }
 
 
