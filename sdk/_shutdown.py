@@ -84,7 +84,8 @@ class ShutdownState:
             self.phase = phase
             self.shutting_down = True
 
-    def note_signal(self, signum: int) -> None:
+    def note_signal(self, signum: int, send: bool = True) -> None:
+        """Record a termination signal; ``send=False`` leaves sending it to the caller."""
         with self.lock:
             if len(self.signals) < MAX_SIGNALS:
                 self.signals.append((_signal_name(signum), steady_time()))
@@ -93,7 +94,8 @@ class ShutdownState:
             self._advance(SIGNALLED)
             if DRAIN not in self.steps:
                 self.steps[DRAIN] = Step(steady_time())
-        _emit()
+        if send:
+            _emit()
 
     def begin_shutdown(self) -> None:
         """A shutdown that began without a signal (a server stopped by the program)."""
@@ -287,6 +289,11 @@ def _signal_name(signum: int) -> str:
 
 def _detail(detail: str | None) -> str | None:
     return clip(detail, MAX_LOCATION_CHARS) if detail else None
+
+
+def send_state() -> None:
+    """Send the shutdown state and the in-flight counters now; never raises."""
+    _emit()
 
 
 def _emit() -> None:

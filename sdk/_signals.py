@@ -11,6 +11,7 @@ same way.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import os
 import signal
@@ -20,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from . import _runtime
-from ._shutdown import STATE
+from ._shutdown import STATE, send_state
 
 TERMINATION_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
@@ -44,7 +45,46 @@ class _Recorder:
         return None
 
 
+# How long a signal handler waits for its record to go out. The send normally takes well
+# under a millisecond; it waits longer only for a lock the interrupted code holds.
+_SEND_WAIT_SECONDS = 0.5
+
+
 def _record(signum: int) -> None:
+    """Record ``signum`` from a real signal handler: the record goes out before the handler
+    returns, sent from a thread of its own.
+
+    A handler runs in the main thread between two bytecodes of whatever it was doing, which
+    may hold a lock the send needs (the in-flight registry's, an event's): sent from the
+    handler itself, that would deadlock the process. The handler waits for the sender on a
+    lock nobody else knows, at most ``_SEND_WAIT_SECONDS``.
+    """
+    try:
+        STATE.note_signal(signum, send=False)
+    except Exception:  # instrumentation must never break the application
+        _runtime.note_internal_error()
+        return
+    sent = _thread.allocate_lock()
+    sent.acquire()
+
+    def send() -> None:
+        try:
+            send_state()
+        finally:
+            sent.release()
+
+    try:
+        # _thread, not threading: starting a threading.Thread takes module locks the
+        # interrupted code may hold too.
+        _thread.start_new_thread(send, ())
+    except RuntimeError:  # no new thread now (the interpreter is finalizing)
+        _runtime.note_internal_error()
+        return
+    sent.acquire(timeout=_SEND_WAIT_SECONDS)
+
+
+def _record_in_loop(signum: int) -> None:
+    """Record ``signum`` from an event-loop callback: ordinary code, so it sends itself."""
     try:
         STATE.note_signal(signum)
     except Exception:  # instrumentation must never break the application
@@ -118,7 +158,7 @@ def patch_signal_installers() -> None:
             inner = callback
 
             def recorded(*call_args: Any) -> Any:
-                _record(sig)
+                _record_in_loop(sig)
                 return inner(*call_args)
 
             callback = recorded

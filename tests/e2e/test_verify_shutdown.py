@@ -155,7 +155,9 @@ def test_the_post_mortem_mistakes_fail_naming_the_violations(name: str, tmp_path
     run = verify(kind, "broken", tmp_path)
     assert run.code == 1, run.stdout + run.stderr
     assert run.result["verdict"] == "fail"
-    assert {"in_flight_completed", "health_until_business_closed", "no_violations"} <= run.failed
+    assert {"in_flight_completed", "health_until_business_closed", "no_violations"} <= run.failed, (
+        run.stdout + run.stderr
+    )
     expected = {"health_closed_before_business", "inflight_at_exit"}
     if kind.stop_not_awaited:
         expected.add("exited_before_stop_completed")

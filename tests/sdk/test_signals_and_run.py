@@ -57,6 +57,31 @@ def test_an_existing_handler_still_runs_for_every_signal(receiver: Receiver) -> 
     assert _signals_seen(receiver)[:1] == ["SIGTERM"]
 
 
+def test_a_signal_that_lands_while_the_main_thread_holds_a_lock_the_send_needs(
+    receiver: Receiver,
+) -> None:
+    """A SIGTERM whose handler runs while the interrupted code holds the in-flight
+    registry's lock (as it does inside every request's start and finish) neither deadlocks
+    the process nor loses the signal: the record goes out once the lock is released."""
+    code = textwrap.dedent("""
+        import os, signal, drainwatch
+        from drainwatch import _inflight
+        calls = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+        drainwatch.observe_signals()
+        drainwatch.flush(2)
+        # Held the way registry.start() holds it; the handler runs right after os.kill.
+        with _inflight.REGISTRY._lock:
+            os.kill(os.getpid(), signal.SIGTERM)
+            print("handled" if calls else "not yet", flush=True)
+        drainwatch.flush(2)
+    """)
+    result = run_python(code, env=subprocess_env(DRAINWATCH_ENDPOINT=receiver.endpoint), timeout=15)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "handled"
+    assert _signals_seen(receiver) == ["SIGTERM"]
+
+
 def test_an_ignored_signal_stays_ignored() -> None:
     """SIG_IGN is respected: drainwatch does not make an ignored signal fatal."""
     code = textwrap.dedent("""
