@@ -16,7 +16,13 @@ from pathlib import Path
 from drainwatch._protocol import Packer
 
 from bench.storm import _inflight, _shutdown
-from tests.records import channel_record
+from tests.records import (
+    channel_record,
+    loop_record,
+    task_wait,
+    thread_wait,
+    threads_record,
+)
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 _RECORDED = Path(__file__).resolve().parent.parent / "collectors" / "recorded"
@@ -41,6 +47,8 @@ QUERIES = (
     b"\x02service=checkout",
     b"\x00",
     b"\x01all=maybe",
+    b"\x03service=checkout",
+    b"\x03service=",
 )
 
 
@@ -61,6 +69,10 @@ def _datagrams() -> list[bytes]:
     packer = Packer("checkout")
     records = [process, channel_record(1, "orders"), closed]
     records += [_inflight("/pay.Payments/Charge"), _shutdown("s", now)]
+    records += [
+        loop_record(1, task_wait("consumer-0", "channel_receive", 3.0, "idle")),
+        threads_record(thread_wait("restock", "queue_get", 2.0)),
+    ]
     return [datagram for datagram, _ in packer.pack(records)] + [
         datagram for record in records for datagram, _ in packer.pack([record])
     ]

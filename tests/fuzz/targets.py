@@ -135,7 +135,7 @@ def _query_app() -> tuple[web.Application, asyncio.AbstractEventLoop]:
 
 
 _QUERY_APP, _QUERY_LOOP = _query_app()
-_PATHS: Final = ("/api/v1/state", "/api/v1/report", "/")
+_PATHS: Final = ("/api/v1/state", "/api/v1/report", "/", "/api/v1/tasks")
 
 
 def query(data: bytes) -> None:
