@@ -27,6 +27,7 @@ from .close_latency import close_latency
 from .doc_update import update_doc
 from .figure import Figure
 from .grpc_latency import grpc_unary
+from .http_latency import http_request
 from .pyspy_overhead import pyspy_overhead
 from .report import console_table, performance_doc, this_machine, write_doc
 from .tasks_overhead import lag_monitor_cpu, task_tracking_throughput
@@ -57,6 +58,8 @@ class Plan:
     task_rounds: int
     lag_window: float
     lag_rounds: int
+    http_calls: int = 200
+    http_rounds: int = 3
 
 
 QUICK = Plan(
@@ -94,6 +97,8 @@ FULL = Plan(
     task_rounds=15,
     lag_window=2.0,
     lag_rounds=9,
+    http_calls=2_000,
+    http_rounds=21,
 )
 
 
@@ -135,6 +140,8 @@ def _benchmarks(plan: Plan) -> list[tuple[str, Callable[[], Figure | list[Figure
         ("py-spy overhead", lambda: pyspy_overhead(plan.pyspy_rounds)),
         ("task tracking", lambda: task_tracking_throughput(plan.task_window, plan.task_rounds)),
         ("lag monitor", lambda: lag_monitor_cpu(plan.lag_window, plan.lag_rounds)),
+        ("HTTP aiohttp", lambda: http_request("aiohttp", plan.http_calls, plan.http_rounds)),
+        ("HTTP ASGI", lambda: http_request("asgi", plan.http_calls, plan.http_rounds)),
     ]
 
 
