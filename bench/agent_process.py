@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO
@@ -36,6 +36,7 @@ class AgentProcess:
     port: int
     ingest: str
     workdir: str
+    pid: int = 0
 
 
 class LineReader:
@@ -89,8 +90,9 @@ def stop_process(process: subprocess.Popen[str]) -> None:
 
 
 @contextmanager
-def running_agent() -> Iterator[AgentProcess]:
-    """Start an agent on a free loopback port and a fresh Unix socket; stop it on exit."""
+def running_agent(extra_arguments: Sequence[str] = ()) -> Iterator[AgentProcess]:
+    """Start an agent on a free loopback port and a fresh Unix socket; stop it on exit.
+    ``extra_arguments`` go to ``drainwatch agent`` after the others."""
     # Unix socket paths are limited to ~108 bytes: keep the directory short.
     workdir = tempfile.mkdtemp(prefix="dwb-", dir="/tmp")
     ingest = f"unix://{workdir}/ingest.sock"
@@ -105,6 +107,7 @@ def running_agent() -> Iterator[AgentProcess]:
         ingest,
         "--log-level",
         "info",
+        *extra_arguments,
     ]
     process = subprocess.Popen(
         command,
@@ -117,7 +120,7 @@ def running_agent() -> Iterator[AgentProcess]:
         if process.stderr is None:  # pragma: no cover - stderr=PIPE always sets it
             raise RuntimeError("the agent's stderr pipe is missing")
         host, port = _wait_for_address(LineReader(process.stderr, "agent-stderr"))
-        yield AgentProcess(host, port, ingest, workdir)
+        yield AgentProcess(host, port, ingest, workdir, process.pid)
     finally:
         stop_process(process)
         shutil.rmtree(workdir, ignore_errors=True)
