@@ -21,6 +21,7 @@ from pathlib import Path
 
 import drainwatch
 
+from .agent_idle import agent_idle
 from .agent_overhead import agent_overhead
 from .channels import awaited_handoff, nowait_pair
 from .close_latency import close_latency
@@ -28,8 +29,10 @@ from .doc_update import update_doc
 from .figure import Figure
 from .grpc_latency import grpc_unary
 from .http_latency import http_request
+from .ingest_rate import ingest_budget, ingest_scaling
 from .pyspy_overhead import pyspy_overhead
 from .report import console_table, performance_doc, this_machine, write_doc
+from .scrape_cost import Load, scrape_budget, scrape_scaling
 from .tasks_overhead import lag_monitor_cpu, task_tracking_throughput
 from .threads import thread_handoff
 
@@ -60,6 +63,13 @@ class Plan:
     lag_rounds: int
     http_calls: int = 200
     http_rounds: int = 3
+    ingest_seconds: float = 1.0
+    ingest_sizes: tuple[int, ...] = (100,)
+    scrape_load: Load = Load(3, 100, 50)  # noqa: RUF009 - Load is frozen: a shared default is safe
+    scrapes: int = 3
+    scrape_sizes: tuple[int, ...] = (100,)
+    idle_window: float = 2.0
+    idle_settle: float = 2.0
 
 
 QUICK = Plan(
@@ -99,6 +109,13 @@ FULL = Plan(
     lag_rounds=9,
     http_calls=2_000,
     http_rounds=21,
+    ingest_seconds=10.0,
+    ingest_sizes=(100, 1_000, 10_000),
+    scrape_load=Load(3, 1_000, 500),
+    scrapes=25,
+    scrape_sizes=(100, 1_000, 10_000),
+    idle_window=60.0,
+    idle_settle=6.0,
 )
 
 
@@ -142,6 +159,11 @@ def _benchmarks(plan: Plan) -> list[tuple[str, Callable[[], Figure | list[Figure
         ("lag monitor", lambda: lag_monitor_cpu(plan.lag_window, plan.lag_rounds)),
         ("HTTP aiohttp", lambda: http_request("aiohttp", plan.http_calls, plan.http_rounds)),
         ("HTTP ASGI", lambda: http_request("asgi", plan.http_calls, plan.http_rounds)),
+        ("agent ingest", lambda: ingest_budget(plan.ingest_seconds)),
+        ("ingest scaling", lambda: ingest_scaling(plan.ingest_seconds, plan.ingest_sizes)),
+        ("scrape", lambda: scrape_budget(plan.scrapes, plan.scrape_load)),
+        ("scrape scaling", lambda: scrape_scaling(plan.scrapes, plan.scrape_sizes)),
+        ("agent idle", lambda: agent_idle(plan.idle_window, plan.idle_settle)),
     ]
 
 

@@ -107,6 +107,9 @@ def running_agent(extra_arguments: Sequence[str] = ()) -> Iterator[AgentProcess]
         ingest,
         "--log-level",
         "info",
+        # Nothing here scrapes a stopping agent: it may leave at once.
+        "--final-metrics-seconds",
+        "0",
         *extra_arguments,
     ]
     process = subprocess.Popen(
