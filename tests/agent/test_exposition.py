@@ -14,6 +14,7 @@ from drainwatch.agent.config import Limits
 from drainwatch.agent.exposition import (
     CHUNK_LINES,
     Exposition,
+    Row,
     SeriesBlock,
     TextCache,
     render,
@@ -24,7 +25,7 @@ from drainwatch.agent.task_metrics import TaskCollector
 from drainwatch.collectors.sdk_decode import Decoded, Envelope
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.openmetrics import exposition as openmetrics_exposition
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
@@ -53,6 +54,12 @@ def _page(metrics: list[Any], openmetrics: bool, cache: TextCache | None = None)
     return b"".join(render(iter(metrics), openmetrics, cache or TextCache())).decode()
 
 
+def openmetrics_latest(registry: Any) -> bytes:
+    """prometheus_client's own OpenMetrics page (its function is untyped)."""
+    page: bytes = openmetrics_exposition.generate_latest(registry)  # type: ignore[no-untyped-call]
+    return page
+
+
 class _Families:
     def __init__(self, metrics: list[Any]) -> None:
         self.metrics = metrics
@@ -64,7 +71,7 @@ class _Families:
 def _blocks(rows: int, names: list[str] | None = None) -> list[SeriesBlock]:
     """A gauge, a counter and a histogram over ``rows`` rows of awkward values."""
     chosen = names or [f"queue-{index}" for index in range(rows)]
-    labels = [("svc", name) for name in chosen]
+    labels: list[Row] = [("svc", name) for name in chosen]
     width = len(BOUNDS) + 2
     histogram: list[int | float] = []
     for index in range(len(labels)):
@@ -157,10 +164,10 @@ def test_label_texts_are_reused_and_bounded() -> None:
     rows one family had, however the rows change between scrapes."""
     cache = TextCache()
     names = ("service", "channel")
-    first = [("svc", f"q{index}") for index in range(100)]
+    first: list[Row] = [("svc", f"q{index}") for index in range(100)]
     assert cache.labels(names, first) == cache.labels(names, list(first))
     for generation in range(20):
-        rows = [("svc", f"gen{generation}-q{index}") for index in range(100)]
+        rows: list[Row] = [("svc", f"gen{generation}-q{index}") for index in range(100)]
         cache.labels(names, rows)
         cache.labels(names, rows[:10])  # a family with part of the rows keeps the cache
         assert len(cache._labels[names]) <= 2 * 100 + 64
@@ -231,8 +238,8 @@ def _state_with_everything() -> State:
                 Decoded(Envelope(service, f"{service}-{instance}", 100, 1, NOW, 0), records)
             )
     with state.lock:  # a forgotten process: its channels' counters live on as totals
-        service = state.services["gamma"]
-        state._retire_instance(service, service.instances["gamma-b"])
+        gamma = state.services["gamma"]
+        state._retire_instance(gamma, gamma.instances["gamma-b"])
     return state
 
 
