@@ -40,6 +40,10 @@ class ChannelSummary:
     wait: dict[str, list[float]] = field(
         default_factory=lambda: {op: [0.0] * (len(WAIT_BUCKETS) + 2) for op in _OPS}
     )
+    # Never kept for a summary (built anew for each scrape): as on ChannelObject, so that
+    # /metrics reads both alike.
+    wait_lines: None = None
+    health: None = None
 
     @property
     def health_score(self) -> float:

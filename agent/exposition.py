@@ -19,6 +19,7 @@ exposition (the Pushgateway push, tests).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from itertools import chain, repeat
 from typing import Final, Literal
 
@@ -37,7 +38,7 @@ Row = tuple[str, ...]
 # page of 200,000 lines never sits in memory whole.
 CHUNK_LINES: Final = 2_000
 _LABEL_CACHE_SLACK: Final = 64
-_MAX_NUMBER_TEXTS: Final = 100_000
+_MAX_NUMBER_TEXTS: Final = 20_000
 
 
 def escape_label_value(value: str) -> str:
@@ -276,12 +277,24 @@ def take(pieces: Iterator[bytes], size: int) -> list[bytes]:
 
 
 class Exposition:
-    """Renders a registry's page for a scrape, keeping the label texts between scrapes.
-    Several pages may be rendered at once, each in its own thread."""
+    """Renders a registry's page for a scrape, keeping texts between scrapes.
+
+    Pages are rendered in one thread of its own (``executor``), a batch at a time: scrapes
+    that overlap take turns, and the memory a page needs while it is rendered comes and
+    goes in one place rather than in every worker thread's allocator. ``close()`` stops
+    that thread.
+    """
 
     def __init__(self, registry: Collector) -> None:
         self._registry = registry
         self._texts = TextCache()
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="drainwatch-metrics")
+        return self._executor
 
     def page(self, accept: str) -> tuple[Iterator[bytes], str]:
         """(the page's pieces, rendered as they are taken; its content type) for a
@@ -291,3 +304,8 @@ class Exposition:
         _, content_type = choose_encoder(accept)
         openmetrics = content_type.startswith("application/openmetrics-text")
         return render(self._registry.collect(), openmetrics, self._texts), content_type
+
+    def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)

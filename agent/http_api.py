@@ -43,15 +43,17 @@ def _bad_request(message: str) -> web.Response:
 
 async def metrics(request: web.Request) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
-    pieces, content_type = request.app[EXPOSITION_KEY].page(request.headers.get("Accept", ""))
+    exposition = request.app[EXPOSITION_KEY]
+    pieces, content_type = exposition.page(request.headers.get("Accept", ""))
     # Rendered in a worker thread a batch at a time and sent as it comes: a big page never
     # stalls ingest on the loop, nor sits in memory whole. The next batch is rendered while
     # this one is sent.
     response = web.StreamResponse(headers={"Content-Type": content_type})
     await response.prepare(request)
-    rendering = loop.run_in_executor(None, take, pieces, _PAGE_BATCH_BYTES)
+    executor = exposition.executor
+    rendering = loop.run_in_executor(executor, take, pieces, _PAGE_BATCH_BYTES)
     while batch := await rendering:
-        rendering = loop.run_in_executor(None, take, pieces, _PAGE_BATCH_BYTES)
+        rendering = loop.run_in_executor(executor, take, pieces, _PAGE_BATCH_BYTES)
         for piece in batch:
             await response.write(piece)
     # Counted once the whole page was handed to the scraper, not when it was rendered: a
@@ -110,6 +112,10 @@ async def api_report(request: web.Request) -> web.Response:
     return web.json_response(document, dumps=lambda value: json.dumps(value, indent=1))
 
 
+async def _close_exposition(app: web.Application) -> None:
+    app[EXPOSITION_KEY].close()
+
+
 def _nothing() -> None:
     return None
 
@@ -131,6 +137,7 @@ def build_app(
     app[TASKS_KEY] = tasks if tasks is not None else lambda service: tasks_document(state, service)
     app[REGISTRY_KEY] = registry
     app[EXPOSITION_KEY] = Exposition(registry)
+    app.on_cleanup.append(_close_exposition)
     app[READY_KEY] = ready
     app[SCRAPED_KEY] = scraped if scraped is not None else _nothing
     add_page_routes(app, state, app[REPORTS_KEY])

@@ -65,6 +65,11 @@ class ChannelObject:
         default_factory=lambda: {op: _empty_histogram() for op in _OPS}
     )
     wait_totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_OPS, 0))
+    # What /metrics writes of this object, made by the first scrape after the values they
+    # come from changed (agent/channel_series.py); None until then: the histograms' lines
+    # (cumulative buckets, count, sum; send, then receive) and the health score.
+    wait_lines: tuple[list[float], list[float]] | None = None
+    health: float | None = None
     updated: float = 0.0
     # Collected in the target. Kept so its close facts stay visible after the process
     # ends; it no longer holds items or waiters of the service.
@@ -361,12 +366,17 @@ def _oldest_instance(service: Service) -> Instance:
 def _merge(channel: ChannelObject, record: dict[str, Any]) -> None:
     # Runs for every channel record the agent reads: spelled out rather than looped over
     # getattr/setattr, and the stored histograms' totals kept rather than summed again.
+    # What /metrics made of the old values is dropped when they change (``changed``).
+    changed = False
     if channel.closed is None and record["closed"] is not None:
         channel.closed = record["closed"]
+        changed = True
     if channel.drained is None and record["drained"] is not None:
         channel.drained = record["drained"]
+        changed = True
     if channel.residual is None and record["residual"] is not None:
         channel.residual = record["residual"]
+        changed = True
     if channel.closed_by is None and record["closed_by"] is not None:
         channel.closed_by = record["closed_by"]
     if channel.closed_where is None and record["closed_where"] is not None:
@@ -378,17 +388,26 @@ def _merge(channel: ChannelObject, record: dict[str, Any]) -> None:
     counters = channel.counters
     for key in _COUNTERS:
         value = record[key]
-        if value > counters[key]:  # noqa: PLR1730 - a comparison costs less than max()
+        if value > counters[key]:
             counters[key] = value
+            changed = True
     waiters, oldest, waits = record["waiters"], record["oldest_wait"], record["wait"]
     totals = channel.wait_totals
     for op in _OPS:
         channel.waiters[op] = waiters[op]
-        channel.oldest_wait[op] = float(oldest[op])
+        seconds = float(oldest[op])
+        if seconds != channel.oldest_wait[op]:
+            channel.oldest_wait[op] = seconds
+            changed = True
         histogram = waits[op]
+        # Per-bucket counts only grow: the same total is the same histogram, and a smaller
+        # one an older report.
         count = histogram["count"]  # the sum of its counts (checked by the decoder)
-        if count >= totals[op]:
+        if count > totals[op]:
             stored = channel.wait[op]
             stored[:-1] = histogram["counts"]
             stored[-1] = float(histogram["sum"])
             totals[op] = count
+            channel.wait_lines = None
+    if changed:
+        channel.health = None

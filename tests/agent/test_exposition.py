@@ -320,3 +320,43 @@ def test_a_page_without_blocks_is_prometheus_clients() -> None:
     family.add_metric(["y"], 1.5)
     assert _page([family], False) == generate_latest(_Families([family])).decode()
     assert _page([family], True) == openmetrics_latest(_Families([family])).decode()
+
+
+def test_what_a_scrape_keeps_of_a_channel_follows_its_changes() -> None:
+    """Histogram lines and health kept between scrapes are made anew once a record changes
+    what they come from, and only then."""
+    state = State(Limits(), default_service="agent", wall_clock=lambda: NOW)
+    envelope = Envelope("svc", "one", 100, 1, NOW, 0)
+    counts = [0] * (len(WAIT_BUCKETS) + 1)
+    state.apply(Decoded(envelope, [channel_record(1, "jobs", created=NOW - 9)]))
+
+    def scrape() -> dict[str, list[Any]]:
+        with state.lock:
+            return {block.name: list(block.values) for block in channel_blocks(state)}
+
+    first = scrape()
+    [kept] = state.services["svc"].instances["one"].channels.values()
+    lines, health = kept.wait_lines, kept.health
+    assert lines is not None and health == 100.0
+    same = channel_record(1, "jobs", created=NOW - 9)
+    state.apply(Decoded(envelope, [same]))
+    assert scrape() == first
+    assert kept.wait_lines is lines  # nothing changed: nothing made again
+    counts[3] = 2
+    changed = channel_record(
+        1,
+        "jobs",
+        created=NOW - 9,
+        read_after_close=4,
+        oldest_wait={"send": 0.0, "receive": 30.0},
+        wait={
+            "send": {"counts": list(counts), "sum": 0.01, "count": 2},
+            "receive": {"counts": [0] * len(counts), "sum": 0.0, "count": 0},
+        },
+    )
+    state.apply(Decoded(envelope, [changed]))
+    second = scrape()
+    [summary] = summarize(state.services["svc"])
+    assert second["drainwatch_channel_health_score"] == [summary.health_score] != [100.0]
+    assert second["drainwatch_channel_wait_seconds"][3] == 2
+    assert second["drainwatch_channel_wait_seconds"][len(BOUNDS) + 1] == 0.01
