@@ -31,7 +31,7 @@ from .grpc_latency import grpc_unary
 from .http_latency import http_request
 from .ingest_rate import ingest_budget, ingest_scaling
 from .pyspy_overhead import pyspy_overhead
-from .report import console_table, performance_doc, this_machine, write_doc
+from .report import console_table, load_average, performance_doc, this_machine, write_doc
 from .scrape_cost import Load, scrape_budget, scrape_scaling
 from .tasks_overhead import lag_monitor_cpu, task_tracking_throughput
 from .threads import thread_handoff
@@ -192,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(arguments)
     plan = QUICK if args.quick else FULL
+    load_at_start = load_average()
     started = time.monotonic()
     figures, errors = _run(plan, args.only)
     print()
@@ -204,9 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if output is not None:
         command = shlex.join(["python", "-m", "bench", *arguments])
         if args.only and output.exists():
-            write_doc(output, update_doc(output.read_text(), figures, command, this_machine()))
+            machine = this_machine(load_at_start)
+            write_doc(output, update_doc(output.read_text(), figures, command, machine))
         else:
-            write_doc(output, performance_doc(figures, command, this_machine(), args.quick))
+            write_doc(
+                output, performance_doc(figures, command, this_machine(load_at_start), args.quick)
+            )
         print(f"wrote {output}")
     missed = [figure for figure in figures if not figure.meets]
     if args.quick:
