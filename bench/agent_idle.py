@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from .agent_process import LineReader, MetricsScraper, running_agent, stop_process
 from .figure import Figure
@@ -32,6 +33,19 @@ def _cpu(process: psutil.Process) -> tuple[float, float]:
     """(the process's own CPU seconds, its reaped children's)."""
     times = process.cpu_times()
     return times.user + times.system, times.children_user + times.children_system
+
+
+def _watched(page: str) -> tuple[float, bool]:
+    """(py-spy dumps that succeeded, whether the last liveness probe did) from /metrics."""
+    dumps = 0.0
+    probe_up = False
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            if sample.name == "drainwatch_pyspy_samples_total" and sample.labels["result"] == "ok":
+                dumps += sample.value
+            elif sample.name == "drainwatch_probe_success":
+                probe_up = probe_up or sample.value == 1
+    return dumps, probe_up
 
 
 def agent_idle(window: float, settle: float = SETTLE_SECONDS) -> Figure:
@@ -85,8 +99,7 @@ def agent_idle(window: float, settle: float = SETTLE_SECONDS) -> Figure:
         stop_process(target)
     own = (own_after - own_before) / elapsed * 100
     children = (children_after - children_before) / elapsed * 100
-    dumps = page.count('drainwatch_pyspy_samples_total{service="unknown",result="ok"}')
-    probing = "drainwatch_probe_success" in page
+    dumps, probe_up = _watched(page)
     return Figure(
         name="Agent idle, one target watched from outside",
         baseline="-",
@@ -104,7 +117,8 @@ def agent_idle(window: float, settle: float = SETTLE_SECONDS) -> Figure:
             f"{SAMPLE_INTERVAL_SECONDS * 1000:.0f} ms, py-spy dump every "
             f"{PYSPY_INTERVAL_SECONDS:g} s, HTTP liveness probe every "
             f"{PROBE_INTERVAL_SECONDS:g} s; CPU over {window:g} s after {settle:g} s "
-            "of settling, the agent's threads and the py-spy processes it ran"
-            + ("" if dumps and probing else " (py-spy or the probe did not report)")
+            f"of settling, the agent's threads and the py-spy processes it ran; {dumps:.0f} "
+            f"py-spy dumps succeeded in all, the liveness probe "
+            + ("succeeded" if probe_up else "did not succeed")
         ),
     )
