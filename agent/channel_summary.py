@@ -40,37 +40,56 @@ class ChannelSummary:
     wait: dict[str, list[float]] = field(
         default_factory=lambda: {op: [0.0] * (len(WAIT_BUCKETS) + 2) for op in _OPS}
     )
+    # Never kept for a summary (built anew for each scrape): as on ChannelObject, so that
+    # /metrics reads both alike.
+    wait_lines: None = None
+    health: None = None
 
     @property
     def health_score(self) -> float:
-        """100 = healthy. Loses up to 40 for a long current wait, 30 for after-close use,
-        20 for a closed channel that never drained, 10 for a double close."""
-        score = 100.0
-        oldest = max(self.oldest_wait.values())
-        score -= _BLOCKED_WEIGHT * min(1.0, oldest / _BLOCKED_FULL_PENALTY_SECONDS)
-        misuse = self.counters["read_after_close"] + self.counters["send_after_close"]
-        score -= _AFTER_CLOSE_WEIGHT * min(1.0, misuse / _AFTER_CLOSE_FULL_PENALTY)
-        if self.closed is not None and self.drained is None and (self.residual or 0) > 0:
-            score -= _UNDRAINED_WEIGHT
-        if self.counters["double_close"]:
-            score -= _DOUBLE_CLOSE_WEIGHT
-        return max(0.0, round(score, 1))
+        return health_score(
+            max(self.oldest_wait.values()),
+            self.counters["read_after_close"] + self.counters["send_after_close"],
+            self.closed is not None and self.drained is None and (self.residual or 0) > 0,
+            self.counters["double_close"] > 0,
+        )
+
+
+def health_score(oldest_wait: float, misuse: int, undrained: bool, double_closed: bool) -> float:
+    """100 = healthy. Loses up to 40 for a long current wait (``oldest_wait`` seconds), 30
+    for after-close use (``misuse`` reads and sends), 20 for a closed channel that never
+    drained, 10 for a double close."""
+    score = 100.0
+    score -= _BLOCKED_WEIGHT * min(1.0, oldest_wait / _BLOCKED_FULL_PENALTY_SECONDS)
+    score -= _AFTER_CLOSE_WEIGHT * min(1.0, misuse / _AFTER_CLOSE_FULL_PENALTY)
+    if undrained:
+        score -= _UNDRAINED_WEIGHT
+    if double_closed:
+        score -= _DOUBLE_CLOSE_WEIGHT
+    return max(0.0, round(score, 1))
 
 
 def summarize(service: Service) -> list[ChannelSummary]:
     """Fold a service's channel objects by name. Call with the state lock held."""
-    summaries: dict[str, ChannelSummary] = {}
     live: dict[str, list[ChannelObject]] = {}
     for instance in service.instances.values():
         for channel in instance.channels.values():
             live.setdefault(channel.name, []).append(channel)
-    for name in live.keys() | service.retired.keys():
-        summary = summaries[name] = ChannelSummary(service.name, name)
-        retired = service.retired.get(name)
-        if retired is not None:
-            _add_retired(summary, retired)
-        _add_live(summary, live.get(name, []))
-    return [summaries[name] for name in sorted(summaries)]
+    return [
+        fold(service.name, name, live.get(name, []), service.retired.get(name))
+        for name in sorted(live.keys() | service.retired.keys())
+    ]
+
+
+def fold(
+    service: str, name: str, channels: list[ChannelObject], retired: RetiredTotals | None
+) -> ChannelSummary:
+    """One name's series from its objects still tracked and the totals of those gone."""
+    summary = ChannelSummary(service, name)
+    if retired is not None:
+        _add_retired(summary, retired)
+    _add_live(summary, channels)
+    return summary
 
 
 def _add_retired(summary: ChannelSummary, retired: RetiredTotals) -> None:

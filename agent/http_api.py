@@ -14,8 +14,8 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 
+from .exposition import Exposition, take
 from .query_params import query_error as _query_error
 from .report_store import DrainReports
 from .state import State
@@ -26,10 +26,12 @@ from .tasks_json import tasks_document
 _STATE_PARAMETERS = frozenset({"service"})
 _REPORT_PARAMETERS = frozenset({"service", "all"})
 _FLAGS = {"1": True, "true": True, "0": False, "false": False}
+_PAGE_BATCH_BYTES = 1 << 20
 
 STATE_KEY = web.AppKey("state", State)
 REPORTS_KEY = web.AppKey("reports", DrainReports)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+EXPOSITION_KEY = web.AppKey("exposition", Exposition)
 READY_KEY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")
 SCRAPED_KEY: web.AppKey[Callable[[], None]] = web.AppKey("scraped")
 TASKS_KEY: web.AppKey[Callable[[str | None], dict[str, Any]]] = web.AppKey("tasks")
@@ -39,15 +41,23 @@ def _bad_request(message: str) -> web.Response:
     return web.json_response({"error": message}, status=400)
 
 
-async def metrics(request: web.Request) -> web.Response:
-    registry = request.app[REGISTRY_KEY]
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+async def metrics(request: web.Request) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
-    body = await loop.run_in_executor(None, encoder, registry)
-    response = web.Response(body=body, headers={"Content-Type": content_type})
+    exposition = request.app[EXPOSITION_KEY]
+    pieces, content_type = exposition.page(request.headers.get("Accept", ""))
+    # Rendered in a worker thread a batch at a time and sent as it comes: a big page never
+    # stalls ingest on the loop, nor sits in memory whole. The next batch is rendered while
+    # this one is sent.
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    await response.prepare(request)
+    executor = exposition.executor
+    rendering = loop.run_in_executor(executor, take, pieces, _PAGE_BATCH_BYTES)
+    while batch := await rendering:
+        rendering = loop.run_in_executor(executor, take, pieces, _PAGE_BATCH_BYTES)
+        for piece in batch:
+            await response.write(piece)
     # Counted once the whole page was handed to the scraper, not when it was rendered: a
     # stopping agent leaves after the first scrape that really got its final values.
-    await response.prepare(request)
     await response.write_eof()
     request.app[SCRAPED_KEY]()
     return response
@@ -102,6 +112,10 @@ async def api_report(request: web.Request) -> web.Response:
     return web.json_response(document, dumps=lambda value: json.dumps(value, indent=1))
 
 
+async def _close_exposition(app: web.Application) -> None:
+    app[EXPOSITION_KEY].close()
+
+
 def _nothing() -> None:
     return None
 
@@ -122,6 +136,8 @@ def build_app(
     app[REPORTS_KEY] = reports if reports is not None else DrainReports(state)
     app[TASKS_KEY] = tasks if tasks is not None else lambda service: tasks_document(state, service)
     app[REGISTRY_KEY] = registry
+    app[EXPOSITION_KEY] = Exposition(registry)
+    app.on_cleanup.append(_close_exposition)
     app[READY_KEY] = ready
     app[SCRAPED_KEY] = scraped if scraped is not None else _nothing
     add_page_routes(app, state, app[REPORTS_KEY])

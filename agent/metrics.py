@@ -11,13 +11,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from drainwatch._histogram import WAIT_BUCKETS
 from drainwatch._version import __version__
 from drainwatch.collectors.sdk_decode import REJECT_REASONS
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
@@ -25,36 +23,10 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from .outside_metrics import OutsideTarget
 
-from .channel_summary import ChannelSummary, summarize
+from .channel_series import channel_blocks
 from .report_store import DrainReports
 from .shutdown_metrics import collect_shutdown
-from .state import _OPS, State
-
-_CHANNEL_COUNTERS = (
-    ("sent", "drainwatch_channel_sent", "Items put into the channel."),
-    ("received", "drainwatch_channel_received", "Items got from the channel."),
-    (
-        "discarded",
-        "drainwatch_channel_discarded",
-        "Items dropped by an immediate close (close(immediate=True)).",
-    ),
-    (
-        "read_after_close",
-        "drainwatch_channel_read_after_close",
-        "Receives attempted on a closed, empty channel (a get that raised ChannelClosed).",
-    ),
-    (
-        "send_after_close",
-        "drainwatch_channel_send_after_close",
-        "Sends attempted on a closed channel, including puts woken by the close.",
-    ),
-    (
-        "double_close",
-        "drainwatch_channel_double_close",
-        "close() called on an already closed channel.",
-    ),
-)
-_BUCKET_BOUNDS = [f"{bound:g}" for bound in WAIT_BUCKETS] + ["+Inf"]
+from .state import State
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +54,7 @@ class StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         state = self._state
         with state.lock:
-            summaries = [s for service in state.services.values() for s in summarize(service)]
+            channels = channel_blocks(state)
             processes = [
                 _ProcessView(
                     instance.service, int(instance.connected), instance.dropped, instance.lost
@@ -98,111 +70,13 @@ class StateCollector(Collector):
             rejected = dict(state.counters.rejected)
             capped = {**state.caps.counts(), **state.sdk_capped()}
         agent_service = state.default_service
-        yield from _channel_families(summaries)
+        yield from channels
         yield from collect_shutdown(state, self._reports, self._outside)
         yield from _agent_families(agent_service, processes, datagrams, records, rejected, capped)
 
 
 def _gauge(name: str, documentation: str, labels: list[str], unit: str = "") -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, labels=labels, unit=unit)
-
-
-def _channel_families(summaries: list[ChannelSummary]) -> Iterator[Metric]:
-    labels = ["service", "channel"]
-    op_labels = ["service", "channel", "op"]
-    created = _gauge(
-        "drainwatch_channel_created_timestamp_seconds",
-        "When the channel was created (Unix seconds).",
-        labels,
-    )
-    closed = _gauge(
-        "drainwatch_channel_closed_timestamp_seconds",
-        "When the channel was closed (Unix seconds); absent while open.",
-        labels,
-    )
-    drained = _gauge(
-        "drainwatch_channel_drained_timestamp_seconds",
-        "When a closed channel became empty (Unix seconds).",
-        labels,
-    )
-    residual = _gauge(
-        "drainwatch_channel_residual_items_at_close",
-        "Items still buffered at the moment of close (the drain check).",
-        labels,
-    )
-    depth = _gauge("drainwatch_channel_depth", "Items buffered now.", labels)
-    capacity = _gauge(
-        "drainwatch_channel_capacity", "maxsize of the channel (0 = unbounded).", labels
-    )
-    health = _gauge(
-        "drainwatch_channel_health_score",
-        "0..100 from close state, after-close use and blocked time (formula in docs/metrics.md).",
-        labels,
-    )
-    objects = _gauge(
-        "drainwatch_channel_objects",
-        "Live channel objects reporting under this name (workers, restarts).",
-        labels,
-    )
-    waiters = _gauge(
-        "drainwatch_channel_blocked_waiters",
-        "Tasks or threads blocked on the channel now.",
-        op_labels,
-    )
-    oldest = _gauge(
-        "drainwatch_channel_oldest_wait_seconds",
-        "How long the longest current waiter has waited.",
-        op_labels,
-    )
-    counters = {
-        key: CounterMetricFamily(name, text, labels=labels) for key, name, text in _CHANNEL_COUNTERS
-    }
-    waits = HistogramMetricFamily(
-        "drainwatch_channel_wait_seconds",
-        "Completed waits in put (op=send) and get (op=receive).",
-        labels=op_labels,
-    )
-    for summary in summaries:
-        values = [summary.service, summary.name]
-        if summary.created is not None:
-            created.add_metric(values, summary.created)
-        if summary.closed is not None:
-            closed.add_metric(values, summary.closed)
-        if summary.drained is not None:
-            drained.add_metric(values, summary.drained)
-        if summary.residual is not None:
-            residual.add_metric(values, summary.residual)
-        depth.add_metric(values, summary.depth)
-        capacity.add_metric(values, summary.capacity)
-        health.add_metric(values, summary.health_score)
-        objects.add_metric(values, summary.objects)
-        for key, family in counters.items():
-            family.add_metric(values, summary.counters[key])
-        for op in _OPS:
-            op_values = [*values, op]
-            waiters.add_metric(op_values, summary.waiters[op])
-            oldest.add_metric(op_values, summary.oldest_wait[op])
-            histogram = summary.wait[op]
-            cumulative = 0.0
-            buckets = []
-            for bound, count in zip(_BUCKET_BOUNDS, histogram[:-1], strict=True):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            waits.add_metric(op_values, buckets, histogram[-1])
-    yield from (
-        created,
-        closed,
-        drained,
-        residual,
-        depth,
-        capacity,
-        *counters.values(),
-        waiters,
-        oldest,
-        waits,
-        health,
-        objects,
-    )
 
 
 def _agent_families(

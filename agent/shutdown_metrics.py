@@ -17,11 +17,12 @@ from drainwatch._histogram import WAIT_BUCKETS
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 
+from .channel_series import BOUNDS, extend_histogram
 from .drain_report import KILLED, DrainReport
+from .exposition import Number, Row, SeriesBlock
 from .report_store import DrainReports, ServiceShutdown
 from .shutdown_state import OUTCOMES, PHASES, InflightMethod
 from .state import Instance, State
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from .outside_metrics import OutsideTarget
 
 PROTOCOLS = ("grpc", "http", "websocket")
-_BUCKET_BOUNDS = [f"{bound:g}" for bound in WAIT_BUCKETS] + ["+Inf"]
 _NO_PORT = "none"
 
 
@@ -150,43 +150,66 @@ def collect_shutdown(
 
 
 def _request_families(views: dict[str, _ServiceView]) -> Iterator[Metric]:
-    method_labels = ["service", "protocol", "method"]
-    inflight = _gauge(
-        "drainwatch_inflight_requests",
-        "Requests being handled now by live processes of the service.",
-        method_labels,
-    )
-    total = CounterMetricFamily(
-        "drainwatch_requests",
-        "Finished requests by outcome (ok, error, cancelled, aborted_at_shutdown, "
-        "rejected_draining).",
-        labels=[*method_labels, "outcome"],
-    )
-    during_drain = CounterMetricFamily(
-        "drainwatch_requests_started_during_drain",
-        "Requests accepted (or refused as draining) after the shutdown began.",
-        labels=["service", "protocol"],
-    )
-    duration = HistogramMetricFamily(
-        "drainwatch_request_duration_seconds", "Request handling time.", labels=method_labels
-    )
+    # As columns (exposition.SeriesBlock): 500 methods per service are 25 lines each.
+    method_labels = ("service", "protocol", "method")
+    rows: list[Row] = []
+    outcome_rows: list[Row] = []
+    active: list[Number] = []
+    outcomes: list[Number] = []
+    durations: list[Number] = []
+    drain_rows: list[Row] = []
+    during_drain: list[Number] = []
     for service, view in sorted(views.items()):
         per_protocol: dict[str, int] = {}
         for (protocol, method), requests in sorted(view.requests.items()):
-            values = [service, protocol, method]
-            inflight.add_metric(values, requests.active)
+            row = (service, protocol, method)
+            rows.append(row)
+            active.append(requests.active)
             for outcome in OUTCOMES:
-                total.add_metric([*values, outcome], requests.outcomes[outcome])
+                outcome_rows.append((*row, outcome))
+                outcomes.append(requests.outcomes[outcome])
             per_protocol[protocol] = per_protocol.get(protocol, 0) + requests.started_during_drain
-            cumulative = 0.0
-            buckets = []
-            for bound, count in zip(_BUCKET_BOUNDS, requests.duration[:-1], strict=True):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            duration.add_metric(values, buckets, requests.duration[-1])
+            extend_histogram(durations, requests.duration)
         for protocol, count in sorted(per_protocol.items()):
-            during_drain.add_metric([service, protocol], count)
-    yield from (inflight, total, during_drain, duration)
+            drain_rows.append((service, protocol))
+            during_drain.append(count)
+    yield SeriesBlock(
+        "drainwatch_inflight_requests",
+        "Requests being handled now by live processes of the service.",
+        "gauge",
+        method_labels,
+        rows,
+        active,
+        integral=True,
+    )
+    yield SeriesBlock(
+        "drainwatch_requests",
+        "Finished requests by outcome (ok, error, cancelled, aborted_at_shutdown, "
+        "rejected_draining).",
+        "counter",
+        (*method_labels, "outcome"),
+        outcome_rows,
+        outcomes,
+        integral=True,
+    )
+    yield SeriesBlock(
+        "drainwatch_requests_started_during_drain",
+        "Requests accepted (or refused as draining) after the shutdown began.",
+        "counter",
+        ("service", "protocol"),
+        drain_rows,
+        during_drain,
+        integral=True,
+    )
+    yield SeriesBlock(
+        "drainwatch_request_duration_seconds",
+        "Request handling time.",
+        "histogram",
+        method_labels,
+        rows,
+        durations,
+        bounds=BOUNDS,
+    )
 
 
 def _merge_outside(views: dict[str, _ServiceView], target: OutsideTarget) -> None:

@@ -73,7 +73,13 @@ class ChannelObject:
     wait: dict[str, list[float]] = field(
         default_factory=lambda: {op: _empty_histogram() for op in _OPS}
     )
-    updated: float = 0.0  # monotonic: which object to evict first
+    wait_totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_OPS, 0))
+    # What /metrics writes of this object, made by the first scrape after the values they
+    # come from changed (agent/channel_series.py); None until then: the histograms' lines
+    # (cumulative buckets, count, sum; send, then receive) and the health score.
+    wait_lines: tuple[list[float], list[float]] | None = None
+    health: float | None = None
+    updated: float = 0.0
     # Collected in the target. Kept so its close facts stay visible after the process
     # ends; it no longer holds items or waiters of the service.
     gone: bool = False
@@ -210,8 +216,8 @@ class State:
                 rejected = self.counters.rejected
                 rejected[reason] = rejected.get(reason, 0) + count
             instance = self._instance(decoded.envelope)
+            self.counters.records += len(decoded.records)
             for record in decoded.records:
-                self.counters.records += 1
                 kind = record["type"]
                 if kind == "channel":
                     self._apply_channel(instance, record)
@@ -303,9 +309,9 @@ class State:
         return self.caps.admit(service.channel_names, self._label(raw))
 
     def _apply_channel(self, instance: Instance, record: dict[str, Any]) -> None:
-        service = self.services[instance.service]
         channel = instance.channels.get(record["id"])
         if channel is None:
+            service = self.services[instance.service]
             if len(instance.channels) >= self.limits.max_channel_objects_per_instance:
                 self._capped("channel_objects")
                 self._evict_one(service, instance)
@@ -416,9 +422,23 @@ def _oldest_instance(service: Service) -> Instance:
 
 
 def _merge(channel: ChannelObject, record: dict[str, Any]) -> None:
-    for key in ("closed", "drained", "residual", "closed_by", "closed_where"):
-        if getattr(channel, key) is None and record[key] is not None:
-            setattr(channel, key, record[key])
+    # Runs for every channel record the agent reads: spelled out rather than looped over
+    # getattr/setattr, and the stored histograms' totals kept rather than summed again.
+    # What /metrics made of the old values is dropped when they change (``changed``).
+    changed = False
+    if channel.closed is None and record["closed"] is not None:
+        channel.closed = record["closed"]
+        changed = True
+    if channel.drained is None and record["drained"] is not None:
+        channel.drained = record["drained"]
+        changed = True
+    if channel.residual is None and record["residual"] is not None:
+        channel.residual = record["residual"]
+        changed = True
+    if channel.closed_by is None and record["closed_by"] is not None:
+        channel.closed_by = record["closed_by"]
+    if channel.closed_where is None and record["closed_where"] is not None:
+        channel.closed_where = record["closed_where"]
     if record["closed"] is not None:
         channel.immediate = channel.immediate or record["immediate"]
     channel.capacity = record["capacity"]
@@ -426,12 +446,26 @@ def _merge(channel: ChannelObject, record: dict[str, Any]) -> None:
     counters = channel.counters
     for key in _COUNTERS:
         value = record[key]
-        counters[key] = max(counters[key], value)
+        if value > counters[key]:
+            counters[key] = value
+            changed = True
+    waiters, oldest, waits = record["waiters"], record["oldest_wait"], record["wait"]
+    totals = channel.wait_totals
     for op in _OPS:
-        channel.waiters[op] = record["waiters"][op]
-        channel.oldest_wait[op] = float(record["oldest_wait"][op])
-        histogram = record["wait"][op]
-        stored = channel.wait[op]
-        if histogram["count"] >= sum(stored[:-1]):
+        channel.waiters[op] = waiters[op]
+        seconds = float(oldest[op])
+        if seconds != channel.oldest_wait[op]:
+            channel.oldest_wait[op] = seconds
+            changed = True
+        histogram = waits[op]
+        # Per-bucket counts only grow: the same total is the same histogram, and a smaller
+        # one an older report.
+        count = histogram["count"]  # the sum of its counts (checked by the decoder)
+        if count > totals[op]:
+            stored = channel.wait[op]
             stored[:-1] = histogram["counts"]
             stored[-1] = float(histogram["sum"])
+            totals[op] = count
+            channel.wait_lines = None
+    if changed:
+        channel.health = None

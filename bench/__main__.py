@@ -21,14 +21,18 @@ from pathlib import Path
 
 import drainwatch
 
+from .agent_idle import agent_idle
 from .agent_overhead import agent_overhead
 from .channels import awaited_handoff, nowait_pair
 from .close_latency import close_latency
 from .doc_update import update_doc
 from .figure import Figure
 from .grpc_latency import grpc_unary
+from .http_latency import http_request
+from .ingest_rate import ingest_budget, ingest_scaling
 from .pyspy_overhead import pyspy_overhead
-from .report import console_table, performance_doc, this_machine, write_doc
+from .report import console_table, load_average, performance_doc, this_machine, write_doc
+from .scrape_cost import Load, scrape_budget, scrape_scaling
 from .tasks_overhead import lag_monitor_cpu, task_tracking_throughput
 from .threads import thread_handoff
 
@@ -57,6 +61,15 @@ class Plan:
     task_rounds: int
     lag_window: float
     lag_rounds: int
+    http_calls: int = 200
+    http_rounds: int = 3
+    ingest_seconds: float = 1.0
+    ingest_sizes: tuple[int, ...] = (100,)
+    scrape_load: Load = Load(3, 100, 50)  # noqa: RUF009 - Load is frozen: a shared default is safe
+    scrapes: int = 3
+    scrape_sizes: tuple[int, ...] = (100,)
+    idle_window: float = 2.0
+    idle_settle: float = 2.0
 
 
 QUICK = Plan(
@@ -94,6 +107,15 @@ FULL = Plan(
     task_rounds=15,
     lag_window=2.0,
     lag_rounds=9,
+    http_calls=2_000,
+    http_rounds=21,
+    ingest_seconds=10.0,
+    ingest_sizes=(100, 1_000, 10_000),
+    scrape_load=Load(3, 1_000, 500),
+    scrapes=25,
+    scrape_sizes=(100, 1_000, 10_000),
+    idle_window=60.0,
+    idle_settle=6.0,
 )
 
 
@@ -135,6 +157,13 @@ def _benchmarks(plan: Plan) -> list[tuple[str, Callable[[], Figure | list[Figure
         ("py-spy overhead", lambda: pyspy_overhead(plan.pyspy_rounds)),
         ("task tracking", lambda: task_tracking_throughput(plan.task_window, plan.task_rounds)),
         ("lag monitor", lambda: lag_monitor_cpu(plan.lag_window, plan.lag_rounds)),
+        ("HTTP aiohttp", lambda: http_request("aiohttp", plan.http_calls, plan.http_rounds)),
+        ("HTTP ASGI", lambda: http_request("asgi", plan.http_calls, plan.http_rounds)),
+        ("agent ingest", lambda: ingest_budget(plan.ingest_seconds)),
+        ("ingest scaling", lambda: ingest_scaling(plan.ingest_seconds, plan.ingest_sizes)),
+        ("scrape", lambda: scrape_budget(plan.scrapes, plan.scrape_load)),
+        ("scrape scaling", lambda: scrape_scaling(plan.scrapes, plan.scrape_sizes)),
+        ("agent idle", lambda: agent_idle(plan.idle_window, plan.idle_settle)),
     ]
 
 
@@ -163,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(arguments)
     plan = QUICK if args.quick else FULL
+    load_at_start = load_average()
     started = time.monotonic()
     figures, errors = _run(plan, args.only)
     print()
@@ -175,9 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if output is not None:
         command = shlex.join(["python", "-m", "bench", *arguments])
         if args.only and output.exists():
-            write_doc(output, update_doc(output.read_text(), figures, command, this_machine()))
+            machine = this_machine(load_at_start)
+            write_doc(output, update_doc(output.read_text(), figures, command, machine))
         else:
-            write_doc(output, performance_doc(figures, command, this_machine(), args.quick))
+            write_doc(
+                output, performance_doc(figures, command, this_machine(load_at_start), args.quick)
+            )
         print(f"wrote {output}")
     missed = [figure for figure in figures if not figure.meets]
     if args.quick:

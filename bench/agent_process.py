@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO
@@ -90,8 +90,9 @@ def stop_process(process: subprocess.Popen[str]) -> None:
 
 
 @contextmanager
-def running_agent() -> Iterator[AgentProcess]:
-    """Start an agent on a free loopback port and a fresh Unix socket; stop it on exit."""
+def running_agent(extra_arguments: Sequence[str] = ()) -> Iterator[AgentProcess]:
+    """Start an agent on a free loopback port and a fresh Unix socket; stop it on exit.
+    ``extra_arguments`` go to ``drainwatch agent`` after the others."""
     # Unix socket paths are limited to ~108 bytes: keep the directory short.
     workdir = tempfile.mkdtemp(prefix="dwb-", dir="/tmp")
     ingest = f"unix://{workdir}/ingest.sock"
@@ -106,6 +107,10 @@ def running_agent() -> Iterator[AgentProcess]:
         ingest,
         "--log-level",
         "info",
+        # Nothing here scrapes a stopping agent: it may leave at once.
+        "--final-metrics-seconds",
+        "0",
+        *extra_arguments,
     ]
     process = subprocess.Popen(
         command,

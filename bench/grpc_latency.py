@@ -19,7 +19,6 @@ over rounds of candidate minus baseline, budget ``BUDGET_SHARE_OF_OPENTELEMETRY`
 from __future__ import annotations
 
 import asyncio
-import statistics
 import subprocess
 import sys
 import time
@@ -31,9 +30,10 @@ import grpc
 import grpc.aio
 
 from .agent_process import LineReader, stop_process
-from .figure import Figure, ratio_figure
+from .figure import Figure
 from .grpc_target import FULL_METHOD, VARIANTS
-from .measure import Comparison, gc_paused, quartiles
+from .interleaved import Labels, call_orders, overhead_figure, share_figure
+from .measure import gc_paused
 
 BUDGET_RATIO = 1.01
 BUDGET_SHARE_OF_OPENTELEMETRY = 0.20
@@ -43,9 +43,6 @@ WARMUP_ROUNDS = 2
 # process would carry that offset, so the rounds are spread over several.
 SERVER_PROCESSES = 3
 _PAYLOAD = b"ping"
-_BASELINE = VARIANTS.index("baseline")
-_DRAINWATCH = VARIANTS.index("drainwatch")
-_OPENTELEMETRY = VARIANTS.index("opentelemetry")
 _START_TIMEOUT_SECONDS = 30.0
 _STOP_TIMEOUT_SECONDS = 10.0
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -54,16 +51,10 @@ RoundRunner = Callable[[int, int], list[float]]
 """``(calls, round_index)``: runs one round, returns each server's mean call latency in ns."""
 
 
-def _orders(round_index: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    first = round_index % len(VARIANTS)
-    order = tuple((first + step) % len(VARIANTS) for step in range(len(VARIANTS)))
-    return order, order[::-1]
-
-
 def _sync_round(
     stubs: Sequence[Callable[[bytes], bytes]], calls: int, round_index: int
 ) -> list[float]:
-    forward, backward = _orders(round_index)
+    forward, backward = call_orders(round_index)
     totals = [0] * len(stubs)
     clock = time.perf_counter_ns
     for call in range(calls):
@@ -78,7 +69,7 @@ def _sync_round(
 async def _aio_round(
     stubs: Sequence[grpc.aio.UnaryUnaryMultiCallable], calls: int, round_index: int
 ) -> list[float]:
-    forward, backward = _orders(round_index)
+    forward, backward = call_orders(round_index)
     totals = [0] * len(stubs)
     clock = time.perf_counter_ns
     for call in range(calls):
@@ -232,73 +223,18 @@ def _measure_process(kind: str, calls: int, round_indexes: range) -> list[list[f
     return samples
 
 
-def _added_text(nanoseconds: float) -> str:
-    return f"{nanoseconds / 1000:+.1f} µs"
-
-
-def _added(samples: list[list[float]], variant: int) -> list[float]:
-    return [
-        candidate - baseline
-        for candidate, baseline in zip(samples[variant], samples[_BASELINE], strict=True)
-    ]
-
-
-def _quartile_text(values: Sequence[float]) -> str:
-    q1, _, q3 = quartiles(values)
-    return f"{q1 / 1000:+.1f} to {q3 / 1000:+.1f} µs"
-
-
-def _overhead_figure(kind: str, samples: list[list[float]], calls: int) -> Figure:
-    baseline, drainwatch = samples[_BASELINE], samples[_DRAINWATCH]
-    q1, ratio, q3 = quartiles([d / b for d, b in zip(drainwatch, baseline, strict=True)])
-    comparison = Comparison(
-        baseline_ns=statistics.median(baseline),
-        candidate_ns=statistics.median(drainwatch),
-        ratio=ratio,
-        ratio_q1=q1,
-        ratio_q3=q3,
-        rounds=len(baseline),
-    )
-    added = _added(samples, _DRAINWATCH)
-    opentelemetry_ratio = statistics.median(
-        [o / b for o, b in zip(samples[_OPENTELEMETRY], baseline, strict=True)]
-    )
-    return ratio_figure(
-        f"gRPC unary ({kind}) with in-flight tracking",
-        comparison,
+def _labels(kind: str, calls: int) -> Labels:
+    return Labels(
+        overhead_name=f"gRPC unary ({kind}) with in-flight tracking",
+        share_name=f"gRPC unary ({kind}): drainwatch's added time vs OpenTelemetry's",
         baseline="no interceptor",
-        candidate="drainwatch",
         unit="call",
-        budget=BUDGET_RATIO,
-        note=(
+        overhead_note=(
             f"{calls} calls per server per round, interleaved call by call with the "
             f"baseline and OpenTelemetry servers, rounds spread over {SERVER_PROCESSES} "
-            f"server processes; drainwatch adds "
-            f"{_added_text(statistics.median(added))} per call (interquartile range "
-            f"{_quartile_text(added)}); OpenTelemetry's ratio in the same rounds is "
-            f"{opentelemetry_ratio:.3f}"
+            "server processes"
         ),
-    )
-
-
-def _share_figure(kind: str, samples: list[list[float]]) -> Figure:
-    drainwatch, opentelemetry = _added(samples, _DRAINWATCH), _added(samples, _OPENTELEMETRY)
-    drainwatch_ns = statistics.median(drainwatch)
-    opentelemetry_ns = statistics.median(opentelemetry)
-    # With OpenTelemetry adding nothing measurable the share means nothing: report a miss.
-    share = drainwatch_ns / opentelemetry_ns if opentelemetry_ns > 0 else None
-    return Figure(
-        name=f"gRPC unary ({kind}): drainwatch's added time vs OpenTelemetry's",
-        baseline=f"OpenTelemetry: {_added_text(opentelemetry_ns)}/call",
-        candidate=f"drainwatch: {_added_text(drainwatch_ns)}/call",
-        ratio="-" if share is None else f"{share:.3f}",
-        spread=(
-            f"drainwatch {_quartile_text(drainwatch)}, OpenTelemetry "
-            f"{_quartile_text(opentelemetry)} (n={len(drainwatch)})"
-        ),
-        budget=f"≤ {BUDGET_SHARE_OF_OPENTELEMETRY:.2f}",
-        meets=share is not None and share <= BUDGET_SHARE_OF_OPENTELEMETRY,
-        note=(
+        share_note=(
             "added time is a server's mean call latency minus the baseline's in the same "
             "round, per call; the ratio is drainwatch's median over OpenTelemetry's, the "
             "spread the interquartile ranges of both; OpenTelemetry runs "
@@ -313,4 +249,8 @@ def grpc_unary(kind: str, calls: int, rounds: int) -> list[Figure]:
     """The two figures of one server kind, ``"sync"`` or ``"aio"``: drainwatch against no
     interceptor, and drainwatch's added time against OpenTelemetry's."""
     samples = _measure(kind, calls, rounds)
-    return [_overhead_figure(kind, samples, calls), _share_figure(kind, samples)]
+    labels = _labels(kind, calls)
+    return [
+        overhead_figure(samples, labels, BUDGET_RATIO),
+        share_figure(samples, labels, BUDGET_SHARE_OF_OPENTELEMETRY),
+    ]

@@ -188,8 +188,12 @@ class PySpySampler:
             self._cond.notify_all()
 
     def set_draining(self, draining: bool) -> None:
-        """Use ``draining_interval`` while the target drains (the loop wakes up at once)."""
+        """Use ``draining_interval`` while the target drains (the loop wakes up at once
+        when that changes). Called on every outside-view step: the same value again wakes
+        nothing."""
         with self._cond:
+            if draining == self._draining:
+                return
             self._draining = draining
             self._cond.notify_all()
 

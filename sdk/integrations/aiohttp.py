@@ -10,12 +10,17 @@
     ...
     await runner.cleanup()
 
-``setup(app)`` appends the middleware (``app.middlewares.append(middleware())`` does the
-same without the shutdown steps) and records ``app.on_shutdown`` and ``app.on_cleanup`` as
-the shutdown steps ``aiohttp:on_shutdown`` and ``aiohttp:on_cleanup``.
+``setup(app)`` counts the requests of every route from its handler (when the app starts,
+the handlers of its routes and its sub-apps' routes are replaced by counting ones) and
+records ``app.on_shutdown`` and ``app.on_cleanup`` as the shutdown steps
+``aiohttp:on_shutdown`` and ``aiohttp:on_cleanup``. ``app.middlewares.append(middleware())``
+counts the same requests from a middleware, and also those no route matches (404, 405,
+as ``GET unmatched``), at about three times the cost per request (aiohttp adds two
+coroutines per request to any app with a middleware); with it, ``setup(app)`` leaves the
+handlers alone and adds the shutdown steps only.
 
-The middleware counts each request (protocol ``http``) under its method and route
-template (``GET /orders/{id}``; ``GET unmatched`` for a 404/405), and each WebSocket
+Each request is counted (protocol ``http``) under its method and route template
+(``GET /orders/{id}``), and each WebSocket
 upgrade (protocol ``websocket``, labelled by its route template alone) from the handshake
 until the handler returns. Outcomes: ``ok`` (status < 500; an ``HTTPException`` raised
 counts by its status; a WebSocket whose ``close_code`` is 1000, 1001 or 1005, noting that
@@ -26,7 +31,9 @@ client went away before its response could be sent, or a WebSocket dropped witho
 frame). A response the handler prepared itself (``StreamResponse``, ``WebSocketResponse``)
 is in flight until the handler returns, i.e. until its body was written. Responses,
 exceptions (the same object) and cancellation pass through untouched; bookkeeping errors
-are counted, never raised. Responses on the readiness routes (``/readyz``, ``/ready``,
+are counted, never raised. A middleware of the application runs outside the count: the
+requests it answers itself are not counted. Responses on the readiness routes
+(``/readyz``, ``/ready``,
 ``/health/ready``) and liveness routes (``/livez``, ``/live``, ``/healthz``, ``/health``,
 ``/ping``, ``/health/live``) tell when readiness turns off and when liveness fails during a
 shutdown (see ``drainwatch.integrations._health_paths``).
@@ -52,6 +59,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from drainwatch import _inflight, _runtime, _shutdown
 
+from ._aiohttp_count import MARK, count_routes, counted
 from ._health_paths import (
     OBSERVED_PATHS,
     UNMATCHED,
@@ -60,8 +68,6 @@ from ._health_paths import (
     listener_name,
     listener_role,
     method_label,
-    observe_health_response,
-    websocket_outcome,
 )
 
 __all__ = ["middleware", "setup", "track_runner", "track_site"]
@@ -118,93 +124,32 @@ def middleware() -> Middleware:
     """A new-style aiohttp middleware that counts requests in flight (see the module doc).
 
     A factory: ``app.middlewares.append(middleware())``. Starts the reporter if needed.
+    ``setup(app)`` counts the same requests at a lower cost per request, from the route
+    handlers, but for the requests no route matches (404, 405), which only a middleware
+    sees.
     """
     _runtime.current()
     cache = _StatsCache()
 
+    # A plain function returning the counting coroutine: no coroutine frame of its own.
     @web.middleware
-    async def drainwatch_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def drainwatch_middleware(
+        request: web.Request, handler: Handler
+    ) -> Awaitable[web.StreamResponse]:
         try:
             registry = _inflight.REGISTRY
             stats, health_path = cache.lookup(registry, request)
-            started = registry.start(stats)
         except Exception:
             _runtime.note_internal_error()
-            return await handler(request)
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            _finish(registry, stats, started, _status_outcome(exc.status))
-            if health_path is not None:
-                observe_health_response(health_path, exc.status)
-            raise
-        except asyncio.CancelledError:
-            _finish(registry, stats, started, _inflight.aborted_or_cancelled())
-            raise
-        except BaseException as exc:
-            _finish(registry, stats, started, _error_outcome(request, exc))
-            if health_path is not None:
-                observe_health_response(health_path, 500)
-            raise
-        try:  # the common path, inlined: it runs on every request
-            if response.prepared:
-                outcome = _prepared_outcome(response)
-            else:
-                # A response the handler did not send itself goes out after the middleware
-                # returns: with the connection gone, the client never gets it.
-                transport = request.transport
-                if transport is None or transport.is_closing():
-                    outcome = _inflight.aborted_or_cancelled()
-                else:
-                    outcome = _inflight.ERROR if response.status >= 500 else _inflight.OK
-            registry.finish(stats, started, outcome)
-            if health_path is not None:
-                observe_health_response(health_path, response.status)
-        except Exception:
-            _runtime.note_internal_error()
-        return response
+            return handler(request)
+        return counted(request, handler, registry, stats, health_path)
 
-    drainwatch_middleware.__drainwatch__ = True  # type: ignore[attr-defined]
+    setattr(drainwatch_middleware, MARK, True)
     return drainwatch_middleware
 
 
 def _is_ours(candidate: object) -> bool:
-    return getattr(candidate, "__drainwatch__", False) is True
-
-
-def _finish(
-    registry: _inflight.InflightRegistry, stats: _Stats, started: float, outcome: str
-) -> None:
-    try:
-        registry.finish(stats, started, outcome)
-    except Exception:
-        _runtime.note_internal_error()
-
-
-def _status_outcome(status: int) -> str:
-    return _inflight.ERROR if status >= 500 else _inflight.OK
-
-
-def _client_gone(request: web.BaseRequest) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
-
-
-def _prepared_outcome(response: web.StreamResponse) -> str:
-    """A response the handler sent itself: a WebSocket by its close code, else its status."""
-    if isinstance(response, web.WebSocketResponse):
-        return websocket_outcome(response.close_code)
-    return _status_outcome(response.status)
-
-
-def _error_outcome(request: web.BaseRequest, exc: BaseException) -> str:
-    try:
-        # Reading from or writing to a client that went away raises ConnectionResetError.
-        if isinstance(exc, ConnectionError) and _client_gone(request):
-            return _inflight.aborted_or_cancelled()
-    except Exception:
-        _runtime.note_internal_error()
-    return _inflight.ERROR
+    return getattr(candidate, MARK, False) is True
 
 
 # -- app setup and shutdown steps -----------------------------------------------------------------
@@ -235,10 +180,14 @@ def _step_recorder(name: str, *, finished: bool) -> _Signal:
 
 async def _finishers_last(app: web.Application) -> None:
     # Runs in on_startup, before aiohttp freezes the signals: handlers the application
-    # appended after setup() must run before the step is recorded as finished.
+    # appended after setup() must run before the step is recorded as finished. The router
+    # is frozen by now: its routes are final, and counted from their handlers unless a
+    # drainwatch middleware counts them already.
     recorded = app.get(_SETUP_KEY)
     if recorded is None:
         return
+    if not any(_is_ours(candidate) for candidate in app.middlewares):
+        count_routes(app)
     for signal, finisher in (
         (app.on_shutdown, recorded.finish_shutdown),
         (app.on_cleanup, recorded.finish_cleanup),
@@ -273,8 +222,6 @@ def setup(app: web.Application, *, role: str | None = None) -> web.Application:
     _runtime.current()
     recorded = _AppSetup(role)
     app[_SETUP_KEY] = recorded
-    if not any(_is_ours(candidate) for candidate in app.middlewares):
-        app.middlewares.append(middleware())
     app.on_startup.append(_finishers_last)
     app.on_shutdown.insert(0, _step_recorder(ON_SHUTDOWN_STEP, finished=False))
     app.on_shutdown.append(recorded.finish_shutdown)

@@ -153,8 +153,12 @@ def test_slow_handler_is_in_flight_until_it_returns(registry: _inflight.Inflight
     assert outcomes(registry) == {("http", "GET /slow"): {"ok": 1}}
 
 
-def test_route_templates_are_the_method_labels(registry: _inflight.InflightRegistry) -> None:
-    """Requests are labelled by method and route template (sub-apps included), never by path."""
+@pytest.mark.parametrize("counting", ["setup", "middleware"])
+def test_route_templates_are_the_method_labels(
+    registry: _inflight.InflightRegistry, counting: str
+) -> None:
+    """Requests are labelled by method and route template (sub-apps included), never by
+    path; the middleware also counts what no route matches, as ``unmatched``."""
 
     async def order(request: web.Request) -> web.Response:
         return web.Response(text=next(iter(request.match_info.values())))
@@ -166,7 +170,10 @@ def test_route_templates_are_the_method_labels(registry: _inflight.InflightRegis
         app.router.add_get("/orders/{id}", order)
         app.router.add_post("/orders/{id}", order)
         app.add_subapp("/api", items)
-        drainwatch_aiohttp.setup(app)
+        if counting == "setup":
+            drainwatch_aiohttp.setup(app)
+        else:
+            app.middlewares.append(drainwatch_aiohttp.middleware())
         async with serving(app) as served:
             for method, path in [
                 ("GET", "/orders/42"),
@@ -181,14 +188,17 @@ def test_route_templates_are_the_method_labels(registry: _inflight.InflightRegis
                     await response.read()
 
     run(scenario())
-    assert outcomes(registry) == {
+    matched = {
         ("http", "GET /orders/{id}"): {"ok": 2},
         ("http", "POST /orders/{id}"): {"ok": 1},
-        ("http", "PUT unmatched"): {"ok": 1},  # 405
         ("http", "GET /api/items/{item_id}"): {"ok": 1},
+    }
+    unmatched = {
+        ("http", "PUT unmatched"): {"ok": 1},  # 405
         ("http", "GET unmatched"): {"ok": 1},  # 404
         ("http", "OTHER unmatched"): {"ok": 1},  # an unknown method is not a label
     }
+    assert outcomes(registry) == (matched if counting == "setup" else matched | unmatched)
 
 
 def test_streaming_response_is_in_flight_until_fully_sent(
@@ -369,7 +379,7 @@ def test_setup_records_on_shutdown_and_on_cleanup_steps() -> None:
     async def scenario() -> None:
         app = app_with({"/hello": hello})
         drainwatch_aiohttp.setup(app)  # again: nothing more is added
-        assert len(app.middlewares) == 1
+        assert len(app.middlewares) == 0  # counted from the route handlers
         by_hand = web.Application(middlewares=[drainwatch_aiohttp.middleware()])
         assert len(drainwatch_aiohttp.setup(by_hand).middlewares) == 1
         app.on_shutdown.append(close_pool)
@@ -625,3 +635,40 @@ def test_bookkeeping_failures_never_reach_the_app(monkeypatch: pytest.MonkeyPatc
     before = _runtime.current().internal_errors
     run(scenario())
     assert _runtime.current().internal_errors == before + 1
+
+
+def test_routes_are_counted_once_whichever_way_they_are_served(
+    registry: _inflight.InflightRegistry,
+) -> None:
+    """Any-method routes count under the request's method, class-based views count, and an
+    app that has the middleware by hand is counted by it alone after setup()."""
+
+    class Item(web.View):
+        async def get(self) -> web.Response:
+            return web.Response(text="item")
+
+    async def anything(request: web.Request) -> web.Response:
+        return web.Response(text=request.method)
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_route("*", "/any", anything)
+        app.router.add_view("/items/{id}", Item)
+        drainwatch_aiohttp.setup(app)
+        both = web.Application(middlewares=[drainwatch_aiohttp.middleware()])
+        both.router.add_get("/twice", anything)
+        drainwatch_aiohttp.setup(both)
+        async with serving(app) as served:
+            for method, path in [("GET", "/any"), ("DELETE", "/any"), ("GET", "/items/3")]:
+                async with served.session.request(method, served.url + path) as response:
+                    assert response.status == 200
+        async with serving(both) as twice, twice.session.get(twice.url + "/twice") as response:
+            assert await response.text() == "GET"
+
+    run(scenario())
+    assert outcomes(registry) == {
+        ("http", "GET /any"): {"ok": 1},
+        ("http", "DELETE /any"): {"ok": 1},
+        ("http", "GET /items/{id}"): {"ok": 1},
+        ("http", "GET /twice"): {"ok": 1},
+    }

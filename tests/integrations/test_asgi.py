@@ -723,3 +723,45 @@ def test_bookkeeping_failures_never_reach_the_app(monkeypatch: pytest.MonkeyPatc
     before = _runtime.current().internal_errors
     run(scenario())
     assert _runtime.current().internal_errors == before + 1
+
+
+def test_plain_routes_match_as_starlettes_router_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For an app of plain Starlette routes, the patterns-only match names the template
+    Starlette's own matching names, 405s and misses included; other apps keep the latter."""
+    from drainwatch.integrations._asgi_routes import RouteTemplates
+    from starlette.routing import Mount, Route
+
+    async def endpoint(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("x")
+
+    app = Starlette(
+        routes=[
+            Route("/orders/{order_id:int}", endpoint, methods=["GET"]),
+            Route("/orders/{order_id}", endpoint, methods=["POST"]),
+            Route("/files/{path:path}", endpoint),
+            Route("/health", endpoint, methods=["GET", "DELETE"]),
+        ]
+    )
+    requests = [
+        ("GET", "/orders/12"),
+        ("POST", "/orders/12"),
+        ("PUT", "/orders/abc"),
+        ("HEAD", "/orders/7"),
+        ("GET", "/files/a/b/c.txt"),
+        ("DELETE", "/health"),
+        ("PATCH", "/health"),
+        ("GET", "/nowhere"),
+    ]
+
+    def scope(method: str, path: str) -> dict[str, Any]:
+        return {"type": "http", "method": method, "path": path, "root_path": ""}
+
+    fast = RouteTemplates(app)
+    slow = RouteTemplates(app)
+    monkeypatch.setattr(slow, "_plain_routes", lambda routes: None)
+    for method, path in requests:
+        assert fast.template(scope(method, path)) == slow.template(scope(method, path)), path
+    assert fast._plain is not None and fast._plain[2] is not None
+    mounted = RouteTemplates(Starlette(routes=[Mount("/api", routes=app.routes)]))
+    assert mounted.template(scope("GET", "/api/orders/3")) == ("/api/orders/{order_id:int}", True)
+    assert mounted._plain is not None and mounted._plain[2] is None
