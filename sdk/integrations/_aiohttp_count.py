@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Final
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from drainwatch import _inflight, _runtime
 
@@ -30,6 +30,7 @@ from ._health_paths import (
 
 _Stats = _inflight.MethodStats
 _Registry = _inflight.InflightRegistry
+_UPGRADE: Final = hdrs.UPGRADE  # case-insensitive already: no conversion per look-up
 MARK: Final = "__drainwatch__"  # set on what drainwatch made: middlewares, route handlers
 
 
@@ -168,7 +169,7 @@ def counting_handler(handler: Handler, method: str, template: str | None) -> Han
             registry = _inflight.REGISTRY
             if registry is not route.registry:
                 route.bind(registry)
-            upgrade = request.headers.get("Upgrade")
+            upgrade = request.headers.get(_UPGRADE)
             stats: _Stats | None
             if upgrade is not None and upgrade.lower() == "websocket":
                 stats = route.for_websocket(registry)

@@ -40,4 +40,4 @@ def outcomes(registry: _inflight.InflightRegistry) -> dict[tuple[str, str], dict
 
 
 def active(registry: _inflight.InflightRegistry, protocol: str, method: str) -> int:
-    return registry.stats(protocol, method).active
+    return registry.stats(protocol, method).active()

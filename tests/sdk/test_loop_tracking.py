@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import sys
 import textwrap
 import threading
 import time
@@ -144,7 +145,7 @@ def test_ten_thousand_tasks_fit_one_bounded_record_and_are_not_kept_alive() -> N
     assert probe() is None
 
 
-SAMPLES_UNDER_CHURN = 40
+SAMPLES_UNDER_CHURN = 200
 
 
 def test_tasks_coming_and_going_while_sampled_never_break_a_sample() -> None:
@@ -164,8 +165,6 @@ def test_tasks_coming_and_going_while_sampled_never_break_a_sample() -> None:
     def sampler(tracker: TaskTracker, stop: threading.Event, started: threading.Event) -> None:
         try:
             started.wait(5)
-            # Each sample waits for the GIL the busy loop holds (about 0.1 s here): 40 of
-            # them see the task set change under them many times over.
             for _ in range(SAMPLES_UNDER_CHURN):
                 counts.append(tracker.sample({}, time.time(), time.monotonic())["tasks"])
                 time.sleep(0.0005)  # let the loop move on between samples
@@ -182,7 +181,15 @@ def test_tasks_coming_and_going_while_sampled_never_break_a_sample() -> None:
         await churn(stop, started)
         await asyncio.to_thread(thread.join, 10)
 
-    run(main(), timeout=30)
+    # A busy loop hands the GIL back to a thread waking from sleep only now and then
+    # (from 0.1 s to over 1 s a sample here); a switch every 10 us makes the two
+    # threads take turns, and the loop changes the task set in the middle of samples.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        run(main(), timeout=30)
+    finally:
+        sys.setswitchinterval(interval)
     assert errors == []
     assert len(counts) == SAMPLES_UNDER_CHURN and max(counts) > 1
 
