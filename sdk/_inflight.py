@@ -4,8 +4,10 @@ Framework integrations call ``start`` when a request is accepted and ``finish`` 
 ends. Both run on every request, so they take no lock: each thread counts into a shard of
 its own (per method), which no other thread writes, and readers (the reporter thread, the
 exit record, the drain check) add the shards up. A request may end on another thread than
-the one it started on: its shards then read +1 and -1, and the sum is right. Everything
-else (records, totals at exit) runs on rare paths, under the registry's lock.
+the one it started on: its shards then read +1 and -1, and the sum is right. An
+integration whose requests start and finish on one thread (an event loop's) takes its
+thread's shard once per request (``shard``) and counts into it directly. Everything else
+(records, totals at exit) runs on rare paths, under the registry's lock.
 
 This relies on the GIL, as CPython 3.11 to 3.13 (default builds) have it: a shard's
 integers are only ever updated by the one thread that owns it, and read whole by others.
@@ -47,14 +49,60 @@ _SHARED: Final = -1
 class Shard:
     """One thread's counts for one method. Only that thread writes them."""
 
-    __slots__ = ("active", "counts", "outcomes", "started_during_drain", "total")
+    __slots__ = ("active", "counts", "outcomes", "registry", "started_during_drain", "total")
 
-    def __init__(self) -> None:
+    def __init__(self, registry: InflightRegistry) -> None:
+        self.registry = registry
         self.active = 0
         self.started_during_drain = 0
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.counts = [0] * _BUCKETS  # request durations, one bucket per WAIT_BUCKETS bound
         self.total = 0.0
+
+    def start(self) -> float:
+        """A request was accepted; returns its start time for ``finish``."""
+        self.active += 1
+        if _shutdown.STATE.shutting_down:
+            self.started_during_drain += 1
+        return _clock()
+
+    def finish(self, started: float, outcome: str) -> None:
+        """A request ended with ``outcome`` (one of ``OUTCOMES``)."""
+        elapsed = _clock() - started
+        self.active -= 1
+        self.outcomes[outcome] += 1
+        self.counts[bisect_left(WAIT_BUCKETS, elapsed)] += 1
+        self.total += elapsed
+        if _shutdown.STATE.shutting_down:
+            self.registry.check_drained()
+
+    def reject(self) -> None:
+        """A request refused because the process is draining (never started)."""
+        self.outcomes[REJECTED_DRAINING] += 1
+        if _shutdown.STATE.shutting_down:
+            self.started_during_drain += 1
+
+
+class _SharedShard(Shard):
+    """The shard of the threads over ``MAX_SHARDS``: they take turns, under a lock."""
+
+    __slots__ = ("lock",)
+
+    def __init__(self, registry: InflightRegistry) -> None:
+        super().__init__(registry)
+        self.lock = threading.Lock()
+
+    def start(self) -> float:
+        with self.lock:
+            return super().start()
+
+    def finish(self, started: float, outcome: str) -> None:
+        with self.lock:
+            super().finish(started, outcome)
+
+    def reject(self) -> None:
+        with self.lock:
+            super().reject()
 
 
 class MethodStats:
@@ -123,86 +171,55 @@ class InflightRegistry:
                     stats = self._methods[key] = MethodStats(protocol, clip(key[1], MAX_NAME_CHARS))
             return stats
 
+    def shard(self, stats: MethodStats) -> Shard:
+        """The calling thread's shard of ``stats``. An integration whose requests start and
+        finish on one thread (an event loop's) counts into it directly: ``shard.start()``,
+        then ``shard.finish(started, outcome)`` on the same thread."""
+        shard = stats.shards.get(_thread_id())
+        if shard is None:
+            shard = self._new_shard(stats)
+        return shard
+
     def start(self, stats: MethodStats) -> float:
         """A request was accepted; returns its start time for ``finish``."""
         shard = stats.shards.get(_thread_id())
         if shard is None:
-            return self._start_slowly(stats)
-        shard.active += 1
-        if _shutdown.STATE.shutting_down:
-            shard.started_during_drain += 1
-        return _clock()
+            shard = self._new_shard(stats)
+        return shard.start()
 
     def finish(self, stats: MethodStats, started: float, outcome: str) -> None:
-        """A request ended with ``outcome`` (one of ``OUTCOMES``)."""
-        elapsed = _clock() - started
+        """A request ended with ``outcome`` (one of ``OUTCOMES``), on any thread: the
+        count goes into that thread's shard."""
         shard = stats.shards.get(_thread_id())
         if shard is None:
-            self._finish_slowly(stats, elapsed, outcome)
-            return
-        shard.active -= 1
-        shard.outcomes[outcome] += 1
-        shard.counts[bisect_left(WAIT_BUCKETS, elapsed)] += 1
-        shard.total += elapsed
-        if _shutdown.STATE.shutting_down:
-            self._check_drained()
+            shard = self._new_shard(stats)
+        shard.finish(started, outcome)
 
-    # -- rare paths: a thread's first request of a method, threads over the cap ------------------
-
-    def _shard(self, stats: MethodStats) -> tuple[Shard, bool]:
-        """(the calling thread's shard, whether it is the shared one: then hold the lock)."""
+    def _new_shard(self, stats: MethodStats) -> Shard:
+        """The calling thread's first request of a method: a shard of its own, or the
+        shared one once the method has ``MAX_SHARDS``."""
         ident = _thread_id()
         with self._lock:
             shard = stats.shards.get(ident)
             if shard is not None:
-                return shard, False
+                return shard
             if len(stats.shards) < MAX_SHARDS:
-                shard = stats.shards[ident] = Shard()
-                return shard, False
+                shard = stats.shards[ident] = Shard(self)
+                return shard
             shard = stats.shards.get(_SHARED)
             if shard is None:
-                shard = stats.shards[_SHARED] = Shard()
-            return shard, True
+                shard = stats.shards[_SHARED] = _SharedShard(self)
+            return shard
 
-    def _start_slowly(self, stats: MethodStats) -> float:
-        shard, shared = self._shard(stats)
-        if shared:
-            with self._lock:
-                shard.active += 1
-                if _shutdown.STATE.shutting_down:
-                    shard.started_during_drain += 1
-            return _clock()
-        return self.start(stats)
-
-    def _finish_slowly(self, stats: MethodStats, elapsed: float, outcome: str) -> None:
-        shard, shared = self._shard(stats)
-        lock = self._lock if shared else None
-        if lock is not None:
-            lock.acquire()
-        try:
-            shard.active -= 1
-            shard.outcomes[outcome] += 1
-            shard.counts[bisect_left(WAIT_BUCKETS, elapsed)] += 1
-            shard.total += elapsed
-        finally:
-            if lock is not None:
-                lock.release()
-        if _shutdown.STATE.shutting_down:
-            self._check_drained()
-
-    def _check_drained(self) -> None:
-        # Each request's finish checks after its own count went down: whichever ends last
-        # sees every other count down too.
+    def check_drained(self) -> None:
+        """Called by each request's finish while shutting down, after its own count went
+        down: whichever ends last sees every other count down too."""
         if self.active() == 0:
             _shutdown.STATE.inflight_reached_zero()
 
     def reject(self, stats: MethodStats) -> None:
         """A request refused because the process is draining (never started)."""
-        shard, _ = self._shard(stats)
-        with self._lock:
-            shard.outcomes[REJECTED_DRAINING] += 1
-            if _shutdown.STATE.shutting_down:
-                shard.started_during_drain += 1
+        self.shard(stats).reject()
 
     def reset(self) -> None:
         """Zero every count (tests, and a forked child that starts its own life).

@@ -29,16 +29,10 @@ from ._health_paths import (
 )
 
 _Stats = _inflight.MethodStats
+_Shard = _inflight.Shard
 _Registry = _inflight.InflightRegistry
 _UPGRADE: Final = hdrs.UPGRADE  # case-insensitive already: no conversion per look-up
 MARK: Final = "__drainwatch__"  # set on what drainwatch made: middlewares, route handlers
-
-
-def _finish(registry: _Registry, stats: _Stats, started: float, outcome: str) -> None:
-    try:
-        registry.finish(stats, started, outcome)
-    except Exception:
-        _runtime.note_internal_error()
 
 
 def _status_outcome(status: int) -> str:
@@ -57,46 +51,49 @@ def _prepared_outcome(response: web.StreamResponse) -> str:
     return _status_outcome(response.status)
 
 
-def _error_outcome(request: web.BaseRequest, exc: BaseException) -> str:
+def _finish_raised(
+    request: web.BaseRequest,
+    exc: BaseException,
+    shard: _Shard,
+    started: float,
+    health_path: str | None,
+) -> None:
+    """Count a request whose handler raised ``exc`` (the caller re-raises it)."""
     try:
-        # Reading from or writing to a client that went away raises ConnectionResetError.
-        if isinstance(exc, ConnectionError) and _client_gone(request):
-            return _inflight.aborted_or_cancelled()
+        if isinstance(exc, web.HTTPException):  # a response, raised
+            status = exc.status
+            outcome = _status_outcome(status)
+        elif isinstance(exc, asyncio.CancelledError):
+            shard.finish(started, _inflight.aborted_or_cancelled())
+            return
+        else:
+            status = 500
+            # Reading from or writing to a client that went away raises ConnectionResetError.
+            gone = isinstance(exc, ConnectionError) and _client_gone(request)
+            outcome = _inflight.aborted_or_cancelled() if gone else _inflight.ERROR
+        shard.finish(started, outcome)
+        if health_path is not None:
+            observe_health_response(health_path, status)
     except Exception:
         _runtime.note_internal_error()
-    return _inflight.ERROR
 
 
 async def counted(
-    request: web.Request,
-    handler: Handler,
-    registry: _Registry,
-    stats: _Stats,
-    health_path: str | None,
+    request: web.Request, handler: Handler, shard: _Shard, health_path: str | None
 ) -> web.StreamResponse:
-    """Run ``handler`` counted under ``stats`` (the outcomes are in the module doc of
-    ``drainwatch.integrations.aiohttp``); ``health_path``: a readiness or liveness path
-    whose responses tell how health went. Responses, exceptions and cancellation pass
-    through untouched."""
+    """Run ``handler`` counted into ``shard``, the loop thread's shard of the request's
+    method (the outcomes are in the module doc of ``drainwatch.integrations.aiohttp``);
+    ``health_path``: a readiness or liveness path whose responses tell how health went.
+    Responses, exceptions and cancellation pass through untouched."""
     try:
-        started = registry.start(stats)
+        started = shard.start()
     except Exception:
         _runtime.note_internal_error()
         return await handler(request)
     try:
         response = await handler(request)
-    except web.HTTPException as exc:
-        _finish(registry, stats, started, _status_outcome(exc.status))
-        if health_path is not None:
-            observe_health_response(health_path, exc.status)
-        raise
-    except asyncio.CancelledError:
-        _finish(registry, stats, started, _inflight.aborted_or_cancelled())
-        raise
     except BaseException as exc:
-        _finish(registry, stats, started, _error_outcome(request, exc))
-        if health_path is not None:
-            observe_health_response(health_path, 500)
+        _finish_raised(request, exc, shard, started, health_path)
         raise
     try:  # the common path, inlined: it runs on every request
         if response.prepared:
@@ -109,7 +106,7 @@ async def counted(
                 outcome = _inflight.aborted_or_cancelled()
             else:
                 outcome = _inflight.ERROR if response.status >= 500 else _inflight.OK
-        registry.finish(stats, started, outcome)
+        shard.finish(started, outcome)
         if health_path is not None:
             observe_health_response(health_path, response.status)
     except Exception:
@@ -131,21 +128,21 @@ class _RouteStats:
         self.websocket: _Stats | None = None
         self.by_method: dict[str, _Stats] = {}
 
-    def bind(self, registry: _Registry) -> None:
-        self.registry = registry
-        self.http = self.websocket = None
-        self.by_method = {}
-
-    def for_websocket(self, registry: _Registry) -> _Stats:
-        stats = self.websocket
-        if stats is None:
-            stats = self.websocket = registry.stats("websocket", self.template or UNMATCHED)
-        return stats
-
-    def for_http(self, registry: _Registry, method: str) -> _Stats:
+    def stats(self, registry: _Registry, request: web.BaseRequest) -> _Stats:
+        if registry is not self.registry:
+            self.registry = registry
+            self.http = self.websocket = None
+            self.by_method = {}
+        upgrade = request.headers.get(_UPGRADE)
+        if upgrade is not None and upgrade.lower() == "websocket":
+            if self.websocket is None:
+                self.websocket = registry.stats("websocket", self.template or UNMATCHED)
+            return self.websocket
         if self.method != "*":
-            stats = self.http = registry.stats("http", method_label(self.method, self.template))
-            return stats
+            if self.http is None:
+                self.http = registry.stats("http", method_label(self.method, self.template))
+            return self.http
+        method = request.method
         found = self.by_method.get(method)
         if found is None:
             found = registry.stats("http", method_label(method, self.template))
@@ -167,20 +164,16 @@ def counting_handler(handler: Handler, method: str, template: str | None) -> Han
     def drainwatch_counted(request: web.Request) -> Awaitable[web.StreamResponse]:
         try:
             registry = _inflight.REGISTRY
-            if registry is not route.registry:
-                route.bind(registry)
-            upgrade = request.headers.get(_UPGRADE)
-            stats: _Stats | None
-            if upgrade is not None and upgrade.lower() == "websocket":
-                stats = route.for_websocket(registry)
-            else:
-                stats = route.http
-                if stats is None:
-                    stats = route.for_http(registry, request.method)
+            stats = route.http
+            # The parser's verdict on Connection: upgrade plus an Upgrade header (a
+            # WebSocket, most likely): a field read, not a header looked up per request.
+            if stats is None or registry is not route.registry or request._message.upgrade:
+                stats = route.stats(registry, request)
+            shard = registry.shard(stats)
         except Exception:
             _runtime.note_internal_error()
             return handler(request)
-        return counted(request, handler, registry, stats, health_path)
+        return counted(request, handler, shard, health_path)
 
     setattr(drainwatch_counted, MARK, True)
     drainwatch_counted.__wrapped__ = handler  # type: ignore[attr-defined]

@@ -139,10 +139,11 @@ def middleware() -> Middleware:
         try:
             registry = _inflight.REGISTRY
             stats, health_path = cache.lookup(registry, request)
+            shard = registry.shard(stats)  # the loop's thread starts and finishes it
         except Exception:
             _runtime.note_internal_error()
             return handler(request)
-        return counted(request, handler, registry, stats, health_path)
+        return counted(request, handler, shard, health_path)
 
     setattr(drainwatch_middleware, MARK, True)
     return drainwatch_middleware
@@ -198,12 +199,14 @@ async def _finishers_last(app: web.Application) -> None:
 
 
 def setup(app: web.Application, *, role: str | None = None) -> web.Application:
-    """Instrument ``app``: append the middleware and record its shutdown and cleanup steps.
+    """Instrument ``app``: count the requests its routes handle (its sub-apps' too), from
+    the route handlers once the app starts, and record its shutdown and cleanup steps.
 
-    Call it before the app starts (aiohttp freezes its middlewares then), on the top-level
-    app only (its middlewares see the requests of its sub-apps too). ``role`` applies to
-    the listeners of tracked sites serving this app. Calling it again, or on an app that
-    has the middleware already, adds no second middleware; a ``role`` given now applies.
+    Call it before the app starts (aiohttp freezes its signals then), on the top-level app
+    only. ``role`` applies to the listeners of tracked sites serving this app. Calling it
+    again does nothing more; a ``role`` given now applies. An app that has drainwatch's
+    ``middleware()`` is counted by the middleware instead (it sees the requests no route
+    matches, 404 and 405, too).
     Returns ``app``. Raises ``ValueError`` for an unknown ``role`` and
     ``RuntimeError`` for an app that has started already.
     """

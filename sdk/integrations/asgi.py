@@ -132,9 +132,9 @@ class _StatsCache:
 # -- per-call bookkeeping --------------------------------------------------------------------------
 
 
-def _finish(registry: _Registry, stats: _Stats, started: float, outcome: str) -> None:
+def _finish(shard: _inflight.Shard, started: float, outcome: str) -> None:
     try:
-        registry.finish(stats, started, outcome)
+        shard.finish(started, outcome)
     except Exception:
         _runtime.note_internal_error()
 
@@ -177,13 +177,23 @@ class _HttpCall:
 class _WebSocketCall:
     """One WebSocket connection: counted from accept; how and by whom it was closed."""
 
-    __slots__ = ("_receive", "_send", "close_code", "peer_closed", "registry", "started", "stats")
+    __slots__ = (
+        "_receive",
+        "_send",
+        "close_code",
+        "peer_closed",
+        "registry",
+        "shard",
+        "started",
+        "stats",
+    )
 
     def __init__(self, registry: _Registry, stats: _Stats, receive: Receive, send: Send) -> None:
         self.registry = registry
         self.stats = stats
         self._receive = receive
         self._send = send
+        self.shard: _inflight.Shard | None = None
         self.started: float | None = None
         self.close_code: int | None = None
         self.peer_closed = False
@@ -199,7 +209,8 @@ class _WebSocketCall:
         kind = message.get("type")
         if kind == "websocket.accept" and self.started is None:
             try:
-                self.started = self.registry.start(self.stats)
+                self.shard = self.registry.shard(self.stats)
+                self.started = self.shard.start()
             except Exception:
                 _runtime.note_internal_error()
         elif kind == "websocket.close" and self.close_code is None:
@@ -207,7 +218,7 @@ class _WebSocketCall:
         await self._send(message)
 
     def end(self, error: BaseException | None) -> None:
-        if self.started is None:
+        if self.shard is None or self.started is None:
             return
         if isinstance(error, asyncio.CancelledError):
             outcome = _inflight.aborted_or_cancelled()
@@ -217,7 +228,7 @@ class _WebSocketCall:
             outcome = websocket_outcome(self.close_code)
         else:
             outcome = _inflight.ERROR
-        _finish(self.registry, self.stats, self.started, outcome)
+        _finish(self.shard, self.started, outcome)
 
 
 def _last_line(text: object) -> str | None:
@@ -260,8 +271,8 @@ class DrainwatchMiddleware:
             return
         try:
             registry = _inflight.REGISTRY
-            stats = self._cache.stats(registry, "http", scope)
-            started = registry.start(stats)
+            shard = registry.shard(self._cache.stats(registry, "http", scope))
+            started = shard.start()  # finished on this thread: the loop's
         except Exception:
             _runtime.note_internal_error()
             await self.app(scope, receive, send)
@@ -271,11 +282,11 @@ class DrainwatchMiddleware:
         try:
             await self.app(scope, call.receive, call.send)
         except asyncio.CancelledError:
-            _finish(registry, stats, started, _inflight.aborted_or_cancelled())
+            _finish(shard, started, _inflight.aborted_or_cancelled())
             raise
         except BaseException:
             outcome = _inflight.aborted_or_cancelled() if call.client_gone else _inflight.ERROR
-            _finish(registry, stats, started, outcome)
+            _finish(shard, started, outcome)
             observe_health_response(scope["path"], call.status or 500)
             raise
         finally:
@@ -288,7 +299,7 @@ class DrainwatchMiddleware:
                 outcome = _inflight.ERROR
             else:
                 outcome = _inflight.OK
-            registry.finish(stats, started, outcome)
+            shard.finish(started, outcome)
             if status is not None and scope["path"] in OBSERVED_PATHS:
                 observe_health_response(scope["path"], status)
         except Exception:

@@ -709,7 +709,7 @@ def test_bookkeeping_failures_never_reach_the_app(monkeypatch: pytest.MonkeyPatc
     """A registry that fails is counted as an internal error; the request is served anyway."""
 
     class BrokenRegistry(_inflight.InflightRegistry):
-        def start(self, stats: _inflight.MethodStats) -> float:
+        def shard(self, stats: _inflight.MethodStats) -> _inflight.Shard:
             raise OSError("bookkeeping failed")
 
     async def scenario() -> None:
