@@ -87,13 +87,14 @@ class Agent:
         self.http_address: ListenAddress | None = None
         self.started = asyncio.Event()
         self.hurry = asyncio.Event()
-        self.scrapes = 0
+        # When the newest page sent whole began rendering (time.monotonic()).
+        self.last_scrape_began = float("-inf")
 
     def ready(self) -> bool:
         return self.started.is_set()
 
-    def _scraped(self) -> None:
-        self.scrapes += 1
+    def _scraped(self, began: float) -> None:
+        self.last_scrape_began = max(self.last_scrape_began, began)
 
     async def run(self, stop: asyncio.Event) -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -196,12 +197,14 @@ class Agent:
         await self._push_final()
         linger = settings.state.final_metrics_seconds
         if linger > 0:
-            seen = self.scrapes
+            # A scrape already running may have rendered its page before the target's exit
+            # was seen: only a page begun from here on carries the final values.
+            settled = time.monotonic()
             logger.info(
                 "drainwatch agent: serving the final metrics until the next scrape (%g s at most)",
                 linger,
             )
-            await self._wait(linger, lambda: self.scrapes > seen)
+            await self._wait(linger, lambda: self.last_scrape_began >= settled)
 
     async def _push_final(self) -> None:
         push = self.config.outside.pushgateway

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,7 @@ REPORTS_KEY = web.AppKey("reports", DrainReports)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 EXPOSITION_KEY = web.AppKey("exposition", Exposition)
 READY_KEY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")
-SCRAPED_KEY: web.AppKey[Callable[[], None]] = web.AppKey("scraped")
+SCRAPED_KEY: web.AppKey[Callable[[float], None]] = web.AppKey("scraped")
 TASKS_KEY: web.AppKey[Callable[[str | None], dict[str, Any]]] = web.AppKey("tasks")
 
 
@@ -43,6 +44,9 @@ def _bad_request(message: str) -> web.Response:
 
 async def metrics(request: web.Request) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
+    # Taken before the collectors run: a page rendered from an older state must not count as
+    # the one that carried a stopping agent's final values.
+    began = time.monotonic()
     exposition = request.app[EXPOSITION_KEY]
     pieces, content_type = exposition.page(request.headers.get("Accept", ""))
     # Rendered in a worker thread a batch at a time and sent as it comes: a big page never
@@ -59,7 +63,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     # Counted once the whole page was handed to the scraper, not when it was rendered: a
     # stopping agent leaves after the first scrape that really got its final values.
     await response.write_eof()
-    request.app[SCRAPED_KEY]()
+    request.app[SCRAPED_KEY](began)
     return response
 
 
@@ -116,7 +120,7 @@ async def _close_exposition(app: web.Application) -> None:
     app[EXPOSITION_KEY].close()
 
 
-def _nothing() -> None:
+def _nothing(began: float) -> None:
     return None
 
 
@@ -125,11 +129,12 @@ def build_app(
     registry: CollectorRegistry,
     ready: Callable[[], bool],
     reports: DrainReports | None = None,
-    scraped: Callable[[], None] | None = None,
+    scraped: Callable[[float], None] | None = None,
     tasks: Callable[[str | None], dict[str, Any]] | None = None,
 ) -> web.Application:
-    """``scraped`` is called after each /metrics exposition was rendered (a stopping agent
-    waits for one before it leaves); ``tasks(service)`` builds the /api/v1/tasks document
+    """``scraped(began)`` is called after each /metrics page was sent whole, with the
+    ``time.monotonic()`` at which its rendering began (a stopping agent waits for a page begun
+    after its final state was settled); ``tasks(service)`` builds the /api/v1/tasks document
     (default: from the state alone, without py-spy's threads)."""
     app = web.Application(client_max_size=1024)
     app[STATE_KEY] = state
