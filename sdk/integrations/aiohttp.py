@@ -219,8 +219,8 @@ def setup(app: web.Application, *, role: str | None = None) -> web.Application:
     if app.pre_frozen or app.middlewares.frozen:
         raise RuntimeError(
             '"app" must not have started yet: drainwatch.integrations.aiohttp.setup(app) '
-            "appends a middleware, which aiohttp forbids once the app is frozen; call it "
-            "right after creating the Application"
+            "adds startup, shutdown and cleanup hooks, which aiohttp forbids once the app is "
+            "frozen; call it right after creating the Application"
         )
     _runtime.current()
     recorded = _AppSetup(role)
