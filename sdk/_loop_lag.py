@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ._frames import MAX_FRAMES, describe_frames, outward
+from ._gc_pause import collections_paused
 from ._histogram import WaitHistogram
 
 WINDOW_SECONDS: Final = 60.0
@@ -171,8 +172,9 @@ class LagMonitor:
             overdue = now - self._due
             if overdue <= self.threshold:
                 return
-            frame = sys._current_frames().get(self.thread_id)
-            stack = describe_frames(outward(frame, MAX_FRAMES))
+            with collections_paused():  # frame objects of the loop thread are made here
+                frame = sys._current_frames().get(self.thread_id)
+                stack = describe_frames(outward(frame, MAX_FRAMES))
             stall = Stall(self._wall() - overdue, self._due, overdue, True, stack)
             self._stall = stall
             self._stalls.append(stall)

@@ -26,6 +26,7 @@ from types import CodeType
 from typing import Any, Final
 
 from ._frames import describe_frames
+from ._gc_pause import collections_paused
 from ._protocol import MAX_NAME_CHARS, clip
 from ._task_waits import NOT_BLOCKED, ExactWait, TaskWait, classify
 
@@ -65,7 +66,8 @@ class TaskTracker:
                 tasks = list(asyncio.all_tasks(loop))
             except RuntimeError:  # the set kept changing for 1000 tries: skip this sample
                 tasks = []
-        with self._lock:
+        # Classifying reads each coroutine's frame (docs of _gc_pause: why no collection).
+        with self._lock, collections_paused():
             sampled = self._classify(tasks[:MAX_TASKS_SAMPLED], exact, now, mono)
         return _summary(len(tasks), sampled, now)
 

@@ -32,6 +32,7 @@ from types import CodeType, FrameType
 from typing import Any, Final, NamedTuple
 
 from ._frames import MAX_FRAMES, describe, describe_frames, outward
+from ._gc_pause import collections_paused
 from ._protocol import MAX_NAME_CHARS, clip
 from ._thread_waits import (
     BY_KERNEL,
@@ -130,12 +131,14 @@ class ThreadTracker:
         """A ``threads`` record (docs/protocol.md) of every thread but the calling one and
         those in ``skip``. ``stamps`` maps thread idents to the ThreadChannel waits they
         are in. Never raises on threads that come and go."""
-        frames = sys._current_frames()
         skipped = {threading.get_ident(), *skip}
         threads = {thread.ident: thread for thread in threading.enumerate()}
         listed: list[dict[str, Any]] = []
         waiting: Counter[str] = Counter()
-        with self._lock:
+        # Frame objects of other threads are made here (sys._current_frames, f_back): see
+        # _gc_pause for why no collection may run meanwhile.
+        with self._lock, collections_paused():
+            frames = sys._current_frames()
             seen: dict[int, _Seen] = {}
             for ident, frame in frames.items():
                 if ident in skipped:
