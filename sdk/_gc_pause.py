@@ -10,9 +10,9 @@ new frame object then points at memory that is gone. Reading it later crashes th
 on CPython 3.11 a loop that makes garbage with finalizers while its tasks are sampled
 crashes in under a second, most runs (tests/sdk/test_frames_under_collection.py). The same
 script did not fail under 3.13 in ten runs; the pause stays on every version, as it costs
-two calls per sample. With the collector paused, making a frame object runs no Python code, so
-no other thread runs in the middle; once tied to its frame, CPython keeps the frame object
-valid when the frame ends.
+two calls per sample. With the collector paused, making a frame object runs no Python
+code, so no other thread runs in the middle; once tied to its frame, CPython keeps the
+frame object valid when the frame ends.
 
 The pause covers a sample's frame reads only (about 3 ms per thousand tasks). Allocations
 go on counting meanwhile: the collection that was due runs at the first allocation after.

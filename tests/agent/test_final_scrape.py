@@ -21,6 +21,8 @@ from drainwatch.agent.config import AgentConfig, ListenAddress
 from drainwatch.agent.outside_config import OutsideConfig, StateSettings, TargetSettings
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from tests.aio import run, until
+
 FINAL_METRICS_SECONDS = 20.0
 
 
@@ -55,14 +57,6 @@ async def _scrape(session: aiohttp.ClientSession, url: str) -> str:
         return await response.text()
 
 
-async def _until(condition: object, seconds: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not (callable(condition) and condition()):
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.timeout(60)
 def test_a_scrape_begun_before_the_final_state_does_not_end_the_wait(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -84,7 +78,7 @@ def test_a_scrape_begun_before_the_final_state_does_not_end_the_wait(
             await loop.run_in_executor(None, held.entered.wait, 10)
             # The scrape is mid-render; now the agent stops and settles its final state.
             stop.set()
-            await _until(lambda: "serving the final metrics" in caplog.text, 10)
+            await until(lambda: "serving the final metrics" in caplog.text, 10)
             held.release.set()
             assert "held_render 1.0" in await early
             # That page began before the final state: the agent still waits for a scrape.
@@ -95,5 +89,5 @@ def test_a_scrape_begun_before_the_final_state_does_not_end_the_wait(
             await asyncio.wait_for(running, 5)
             return loop.time() - started_final
 
-    left_after = asyncio.run(scenario())
+    left_after = run(scenario(), timeout=50)
     assert left_after < FINAL_METRICS_SECONDS / 4, left_after
