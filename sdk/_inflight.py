@@ -40,6 +40,12 @@ OTHER_METHOD: Final = "other"
 
 
 _BUCKETS: Final = len(WAIT_BUCKETS) + 1
+# The outcomes of requests that ran (all but REJECTED_DRAINING), each with its durations.
+_RAN: Final = (OK, ERROR, CANCELLED, ABORTED_AT_SHUTDOWN)
+# Where an outcome's duration buckets start in ``Shard.counts``.
+OUTCOME_BASE: Final = {outcome: index * _BUCKETS for index, outcome in enumerate(_RAN)}
+OK_BASE: Final = OUTCOME_BASE[OK]
+ERROR_BASE: Final = OUTCOME_BASE[ERROR]
 # Shards per method: one per thread that served it. Threads beyond this many (a pool that
 # keeps replacing its threads) share one shard, under the registry's lock.
 MAX_SHARDS: Final = 256
@@ -47,40 +53,54 @@ _SHARED: Final = -1
 
 
 class Shard:
-    """One thread's counts for one method. Only that thread writes them."""
+    """One thread's counts for one method. Only that thread writes them.
 
-    __slots__ = ("active", "counts", "outcomes", "registry", "started_during_drain", "total")
+    A request that ends adds one to a single count, that of its outcome and its duration
+    bucket: ``counts[OUTCOME_BASE[outcome] + bisect_left(WAIT_BUCKETS, seconds)]``. The
+    outcome totals, the duration histogram and the number of requests ended are sums of
+    these, and the requests in flight are ``started`` less those ended, so the per-request
+    path writes two counts and a sum, and readers do the adding up.
+    """
+
+    __slots__ = ("counts", "registry", "rejected", "started", "started_during_drain", "total")
 
     def __init__(self, registry: InflightRegistry) -> None:
         self.registry = registry
-        self.active = 0
+        self.started = 0
         self.started_during_drain = 0
-        self.outcomes = dict.fromkeys(OUTCOMES, 0)
-        self.counts = [0] * _BUCKETS  # request durations, one bucket per WAIT_BUCKETS bound
-        self.total = 0.0
+        self.rejected = 0
+        self.counts = [0] * (len(_RAN) * _BUCKETS)
+        self.total = 0.0  # seconds, all requests ended
 
     def start(self) -> float:
         """A request was accepted; returns its start time for ``finish``."""
-        self.active += 1
+        self.started += 1
         if _shutdown.STATE.shutting_down:
             self.started_during_drain += 1
         return _clock()
 
     def finish(self, started: float, outcome: str) -> None:
-        """A request ended with ``outcome`` (one of ``OUTCOMES``)."""
+        """A request ended with ``outcome`` (one of ``OUTCOMES`` but ``REJECTED_DRAINING``)."""
         elapsed = _clock() - started
-        self.active -= 1
-        self.outcomes[outcome] += 1
-        self.counts[bisect_left(WAIT_BUCKETS, elapsed)] += 1
+        self.counts[OUTCOME_BASE[outcome] + bisect_left(WAIT_BUCKETS, elapsed)] += 1
         self.total += elapsed
         if _shutdown.STATE.shutting_down:
             self.registry.check_drained()
 
     def reject(self) -> None:
         """A request refused because the process is draining (never started)."""
-        self.outcomes[REJECTED_DRAINING] += 1
+        self.rejected += 1
         if _shutdown.STATE.shutting_down:
             self.started_during_drain += 1
+
+    def ended(self) -> int:
+        return sum(list(self.counts))
+
+    def active(self) -> int:
+        # Ended first: a request that ends meanwhile is then still counted as active, never
+        # as ended before it started.
+        ended = self.ended()
+        return self.started - ended
 
 
 class _SharedShard(Shard):
@@ -118,30 +138,38 @@ class MethodStats:
         self.shards: dict[int, Shard] = {}
 
     def active(self) -> int:
-        return sum(shard.active for shard in list(self.shards.values()))
+        return sum(shard.active() for shard in list(self.shards.values()))
 
     def record(self) -> dict[str, Any]:
-        active = started_during_drain = 0
-        outcomes = dict.fromkeys(OUTCOMES, 0)
-        counts = [0] * _BUCKETS
+        started = started_during_drain = rejected = 0
+        by_outcome_bucket = [0] * (len(_RAN) * _BUCKETS)
         total = 0.0
         for shard in list(self.shards.values()):
-            active += shard.active
-            started_during_drain += shard.started_during_drain
-            for outcome, count in list(shard.outcomes.items()):
-                outcomes[outcome] += count
-            for bucket, count in enumerate(list(shard.counts)):
-                counts[bucket] += count
+            # Ends read before starts (see ``Shard.active``).
+            for index, count in enumerate(list(shard.counts)):
+                by_outcome_bucket[index] += count
             total += shard.total
+            rejected += shard.rejected
+            started += shard.started
+            started_during_drain += shard.started_during_drain
+        outcomes = dict.fromkeys(OUTCOMES, 0)
+        for outcome, base in OUTCOME_BASE.items():
+            outcomes[outcome] = sum(by_outcome_bucket[base : base + _BUCKETS])
+        outcomes[REJECTED_DRAINING] = rejected
+        counts = [
+            sum(by_outcome_bucket[base + bucket] for base in OUTCOME_BASE.values())
+            for bucket in range(_BUCKETS)
+        ]
+        ended = sum(counts)
         return {
             "type": "inflight",
             "protocol": self.protocol,
             "method": self.method,
-            "active": active,
+            "active": started - ended,
             "started_during_drain": started_during_drain,
             "outcomes": outcomes,
             # A sum read a request ahead of its bucket is corrected by the next record.
-            "duration": {"counts": counts, "sum": total, "count": sum(counts)},
+            "duration": {"counts": counts, "sum": total, "count": ended},
         }
 
 
@@ -174,7 +202,9 @@ class InflightRegistry:
     def shard(self, stats: MethodStats) -> Shard:
         """The calling thread's shard of ``stats``. An integration whose requests start and
         finish on one thread (an event loop's) counts into it directly: ``shard.start()``,
-        then ``shard.finish(started, outcome)`` on the same thread."""
+        then ``shard.finish(started, outcome)`` on the same thread. It may keep the shard
+        for that thread's next requests as long as ``shard.registry is REGISTRY``: a reset
+        retires it (its registry becomes ``RETIRED``)."""
         shard = stats.shards.get(_thread_id())
         if shard is None:
             shard = self._new_shard(stats)
@@ -228,6 +258,10 @@ class InflightRegistry:
         """
         with self._lock:
             for stats in self._methods.values():
+                for shard in stats.shards.values():
+                    # Whoever kept this shard (see ``shard``) sees it is no longer this
+                    # registry's and takes a new one.
+                    shard.registry = RETIRED
                 stats.shards = {}
             self.capped = 0
 
@@ -269,5 +303,11 @@ def aborted_or_cancelled() -> str:
 
 _thread_id = threading.get_ident
 _clock = time.perf_counter
+# The clock of ``Shard.start``/``finish``, for integrations that count into a shard inline.
+clock: Final = _clock
 
 REGISTRY = InflightRegistry()
+# The registry of shards a reset dropped, and of the shard an integration holds before its
+# first request: never ``REGISTRY``, so a holder takes a new shard.
+RETIRED: Final = InflightRegistry()
+UNSET_SHARD: Final = Shard(RETIRED)

@@ -13,12 +13,13 @@ to label it, which a route's handler knows from the start. Requests that no rout
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from bisect import bisect_left
 from typing import Final
 
-from aiohttp import hdrs, web
+from aiohttp import hdrs, web, web_protocol
 from aiohttp.typedefs import Handler
-from drainwatch import _inflight, _runtime
+from drainwatch import _inflight, _runtime, _shutdown
+from drainwatch._histogram import WAIT_BUCKETS
 
 from ._health_paths import (
     OBSERVED_PATHS,
@@ -32,6 +33,10 @@ _Stats = _inflight.MethodStats
 _Shard = _inflight.Shard
 _Registry = _inflight.InflightRegistry
 _UPGRADE: Final = hdrs.UPGRADE  # case-insensitive already: no conversion per look-up
+_BUCKET_BOUNDS: Final = WAIT_BUCKETS
+_OUTCOME_BASE: Final = _inflight.OUTCOME_BASE
+_OK_BASE: Final = _inflight.OK_BASE
+_ERROR_BASE: Final = _inflight.ERROR_BASE
 MARK: Final = "__drainwatch__"  # set on what drainwatch made: middlewares, route handlers
 
 
@@ -49,6 +54,35 @@ def _prepared_outcome(response: web.StreamResponse) -> str:
     if isinstance(response, web.WebSocketResponse):
         return websocket_outcome(response.close_code)
     return _status_outcome(response.status)
+
+
+def _returned_outcome(request: web.BaseRequest, response: web.StreamResponse) -> str:
+    """The outcome of a response the handler returned."""
+    if response.prepared:
+        return _prepared_outcome(response)
+    # A response the handler did not send itself goes out after the handler returns: with
+    # the connection gone, the client never gets it.
+    if _client_gone(request):
+        return _inflight.aborted_or_cancelled()
+    return _status_outcome(response.status)
+
+
+def _fields_known() -> bool:
+    """Whether this aiohttp keeps the private fields the route handlers read to tell the
+    outcome of a common response without calling properties (aiohttp 3.9 to 3.14 do)."""
+    try:
+        response = web.Response()
+        return (
+            response._payload_writer is None
+            and response._eof_sent is False
+            and isinstance(response._status, int)
+            and "_force_close" in web_protocol.RequestHandler.__slots__
+        )
+    except Exception:
+        return False
+
+
+_FIELDS_KNOWN: Final = _fields_known()
 
 
 def _finish_raised(
@@ -95,18 +129,8 @@ async def counted(
     except BaseException as exc:
         _finish_raised(request, exc, shard, started, health_path)
         raise
-    try:  # the common path, inlined: it runs on every request
-        if response.prepared:
-            outcome = _prepared_outcome(response)
-        else:
-            # A response the handler did not send itself goes out after the handler
-            # returns: with the connection gone, the client never gets it.
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                outcome = _inflight.aborted_or_cancelled()
-            else:
-                outcome = _inflight.ERROR if response.status >= 500 else _inflight.OK
-        shard.finish(started, outcome)
+    try:
+        shard.finish(started, _returned_outcome(request, response))
         if health_path is not None:
             observe_health_response(health_path, response.status)
     except Exception:
@@ -118,7 +142,7 @@ class _RouteStats:
     """The stats of one route, made by its first request of each kind (most routes serve
     no WebSocket), and again for another registry; per method for a ``*`` route."""
 
-    __slots__ = ("by_method", "http", "method", "registry", "template", "websocket")
+    __slots__ = ("by_method", "http", "method", "registry", "shard", "template", "websocket")
 
     def __init__(self, method: str, template: str | None) -> None:
         self.method = method
@@ -127,6 +151,18 @@ class _RouteStats:
         self.http: _Stats | None = None
         self.websocket: _Stats | None = None
         self.by_method: dict[str, _Stats] = {}
+        # The loop thread's shard of ``http``, kept while it is the registry's.
+        self.shard: _Shard = _inflight.UNSET_SHARD
+
+    def take_shard(self, request: web.BaseRequest) -> _Shard:
+        """The shard to count ``request`` into; kept for the next requests when it is the
+        shard of the route's plain HTTP requests."""
+        registry = _inflight.REGISTRY
+        stats = self.stats(registry, request)
+        shard = registry.shard(stats)
+        if stats is self.http:
+            self.shard = shard
+        return shard
 
     def stats(self, registry: _Registry, request: web.BaseRequest) -> _Stats:
         if registry is not self.registry:
@@ -155,25 +191,71 @@ _MAX_METHODS_PER_ROUTE: Final = 64
 
 
 def counting_handler(handler: Handler, method: str, template: str | None) -> Handler:
-    """``handler``, counted under its route's label. A plain function returning the
-    counting coroutine, so the count adds no coroutine of its own. Never raises its own
-    errors into the request."""
+    """``handler``, counted under its route's label (the outcomes are in the module doc of
+    ``drainwatch.integrations.aiohttp``). Responses, exceptions and cancellation pass
+    through untouched; bookkeeping errors are counted, never raised into the request.
+
+    This runs on every request of every route, so the count is written out here rather
+    than through ``counted``: the handler's own coroutine is awaited from this one, and
+    the route keeps its shard (an app serves from one event loop, so from one thread at a
+    time) instead of looking it up per request.
+    """
     route = _RouteStats(method, template)
     health_path = template if template in OBSERVED_PATHS else None
+    state = _shutdown.STATE
+    clock = _inflight.clock
+    fields_known = _FIELDS_KNOWN
 
-    def drainwatch_counted(request: web.Request) -> Awaitable[web.StreamResponse]:
+    async def drainwatch_counted(request: web.Request) -> web.StreamResponse:
         try:
-            registry = _inflight.REGISTRY
-            stats = route.http
+            shard = route.shard
             # The parser's verdict on Connection: upgrade plus an Upgrade header (a
-            # WebSocket, most likely): a field read, not a header looked up per request.
-            if stats is None or registry is not route.registry or request._message.upgrade:
-                stats = route.stats(registry, request)
-            shard = registry.shard(stats)
+            # WebSocket, most likely) is a field read, not a header looked up.
+            if shard.registry is not _inflight.REGISTRY or request._message.upgrade:
+                shard = route.take_shard(request)
+            shard.started += 1
+            if state.shutting_down:
+                shard.started_during_drain += 1
+            started = clock()
         except Exception:
             _runtime.note_internal_error()
-            return handler(request)
-        return counted(request, handler, shard, health_path)
+            return await handler(request)
+        try:
+            response = await handler(request)
+        except BaseException as exc:
+            _finish_raised(request, exc, shard, started, health_path)
+            raise
+        try:
+            elapsed = clock() - started
+            # The common case, a response the handler returned for aiohttp to send on a
+            # connection nothing is closing, told from aiohttp's fields where this aiohttp
+            # has them (``prepared``, ``status`` and ``transport`` are properties: a call
+            # each, on every request); ``_force_close`` is set by whatever closes the
+            # connection (the client gone, the server shutting down), so anything else
+            # takes the full check.
+            if fields_known:
+                protocol = request._protocol
+                plain = (
+                    response._payload_writer is None
+                    and not response._eof_sent
+                    and protocol is not None
+                    and not protocol._force_close
+                )
+            else:
+                plain = False
+            if plain:
+                base = _ERROR_BASE if response._status >= 500 else _OK_BASE
+            else:
+                base = _OUTCOME_BASE[_returned_outcome(request, response)]
+            shard.counts[base + bisect_left(_BUCKET_BOUNDS, elapsed)] += 1
+            shard.total += elapsed
+            if state.shutting_down:
+                shard.registry.check_drained()
+            if health_path is not None:
+                observe_health_response(health_path, response.status)
+        except Exception:
+            _runtime.note_internal_error()
+        return response
 
     setattr(drainwatch_counted, MARK, True)
     drainwatch_counted.__wrapped__ = handler  # type: ignore[attr-defined]

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from drainwatch import _inflight, _runtime, _shutdown
+from drainwatch.integrations import _aiohttp_count
 from drainwatch.integrations import aiohttp as drainwatch_aiohttp
 
 from .conftest import active, outcomes, run, until
@@ -80,10 +81,23 @@ class Gate:
         await self.release.wait()
 
 
+@pytest.fixture(params=[True, False], ids=["aiohttp-fields", "properties"])
+def outcome_fields(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both ways a route handler tells a returned response's outcome: from aiohttp's own
+    fields (this aiohttp has them), and through its public properties (an aiohttp that
+    does not)."""
+    assert _aiohttp_count._FIELDS_KNOWN, "this aiohttp lacks the fields the fast path reads"
+    known: bool = request.param
+    monkeypatch.setattr(_aiohttp_count, "_FIELDS_KNOWN", known)
+    return known
+
+
 # -- requests -------------------------------------------------------------------------------------
 
 
-def test_outcomes_follow_status_and_exceptions(registry: _inflight.InflightRegistry) -> None:
+def test_outcomes_follow_status_and_exceptions(
+    registry: _inflight.InflightRegistry, outcome_fields: bool
+) -> None:
     """Status < 500 and HTTPExceptions below 500 are ok; 5xx and raised errors are errors."""
 
     async def ok(request: web.Request) -> web.Response:
@@ -127,6 +141,30 @@ def test_outcomes_follow_status_and_exceptions(registry: _inflight.InflightRegis
         ("http", "GET /broken"): {"error": 1},
         ("http", "GET /boom"): {"error": 1},
     }
+    assert registry.active() == 0
+
+
+def test_counts_go_on_into_new_shards_after_a_reset(registry: _inflight.InflightRegistry) -> None:
+    """A route keeps its shard between requests; a reset (as in a forked child) retires it,
+    and the next request is counted afresh, not into the dropped shard."""
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="fine")
+
+    async def scenario() -> None:
+        async with serving(app_with({"/ok": ok})) as served:
+            for _ in range(3):
+                async with served.session.get(served.url + "/ok") as response:
+                    assert response.status == 200
+            assert outcomes(registry) == {("http", "GET /ok"): {"ok": 3}}
+            registry.reset()
+            assert outcomes(registry) == {("http", "GET /ok"): {}}
+            for _ in range(2):
+                async with served.session.get(served.url + "/ok") as response:
+                    assert response.status == 200
+
+    run(scenario())
+    assert outcomes(registry) == {("http", "GET /ok"): {"ok": 2}}
     assert registry.active() == 0
 
 
@@ -238,6 +276,7 @@ def test_streaming_response_is_in_flight_until_fully_sent(
 )
 def test_client_disconnect_during_slow_handler(
     registry: _inflight.InflightRegistry,
+    outcome_fields: bool,
     handler_cancellation: bool,
     shutting_down: bool,
     expected: str,
