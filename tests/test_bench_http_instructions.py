@@ -40,7 +40,9 @@ def test_bad_arguments_are_refused_with_the_reason(args: list[str], expected: st
     assert result.stdout == ""
 
 
-@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind (apt-get install valgrind)")
+@pytest.mark.skipif(
+    shutil.which("valgrind") is None, reason="needs valgrind (apt-get install valgrind)"
+)
 def test_counts_what_drainwatch_adds_per_aiohttp_request() -> None:
     result = run_tool("aiohttp", "--requests", "50")
     assert result.returncode == 0, result.stderr

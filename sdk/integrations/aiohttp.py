@@ -15,7 +15,7 @@ the handlers of its routes and its sub-apps' routes are replaced by counting one
 records ``app.on_shutdown`` and ``app.on_cleanup`` as the shutdown steps
 ``aiohttp:on_shutdown`` and ``aiohttp:on_cleanup``. ``app.middlewares.append(middleware())``
 counts the same requests from a middleware, and also those no route matches (404, 405,
-as ``GET unmatched``), at about three times the cost per request (aiohttp adds two
+as ``GET unmatched``), at several times the cost per request (aiohttp adds two
 coroutines per request to any app with a middleware); with it, ``setup(app)`` leaves the
 handlers alone and adds the shutdown steps only.
 
