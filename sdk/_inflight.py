@@ -210,6 +210,20 @@ class InflightRegistry:
             shard = self._new_shard(stats)
         return shard
 
+    def loop_shard(self, stats: MethodStats) -> Shard:
+        """The calling thread's own shard of ``stats``, never the shared one: for an
+        integration that writes the counts itself, unlocked (``shard.started += 1``, ...),
+        as only an event loop's thread may. There are few such threads, so they get a
+        shard of their own even past ``MAX_SHARDS``. Kept as ``shard`` says."""
+        ident = _thread_id()
+        shard = stats.shards.get(ident)
+        if shard is None:
+            with self._lock:
+                shard = stats.shards.get(ident)
+                if shard is None:
+                    shard = stats.shards[ident] = Shard(self)
+        return shard
+
     def start(self, stats: MethodStats) -> float:
         """A request was accepted; returns its start time for ``finish``."""
         shard = stats.shards.get(_thread_id())

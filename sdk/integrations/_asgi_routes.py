@@ -62,18 +62,44 @@ def _candidates(routes: list[Any]) -> Iterator[Any]:
             yield context if starlette_route is None else starlette_route
 
 
-_PlainRoute = tuple[Callable[[str], object], "frozenset[str] | None", str]
+class PlainRoutes:
+    """A routes list of plain Starlette ``Route`` objects, compiled for matching a request
+    as ``Route.matches`` does (its compiled path pattern, then its methods), without
+    converting the parameters or building the scopes Starlette builds for the endpoint.
+    Valid while ``routes`` is the holder's list and has ``count`` routes.
+    """
+
+    __slots__ = ("count", "matchers", "routes", "templates")
+
+    def __init__(self, routes: list[Any]) -> None:
+        self.routes = routes
+        self.count = len(routes)
+        self.matchers: list[tuple[Callable[[str], object], frozenset[str] | None]] = [
+            (route.path_regex.match, frozenset(route.methods) if route.methods else None)
+            for route in routes
+        ]
+        self.templates: list[str] = [route.path for route in routes]
+
+    def find(self, method: str, path: str) -> int:
+        """The index of the first route whose pattern and methods take the request, else
+        of the first whose pattern does (a 405), else -1: Starlette's router's choice."""
+        partial = -1
+        for index, (match, methods) in enumerate(self.matchers):
+            if match(path) is not None:
+                if methods is None or method in methods:
+                    return index
+                if partial < 0:
+                    partial = index
+        return partial
 
 
 class RouteTemplates:
     """Finds the route template of a request by asking the routes, as Starlette's router does.
 
     When every route is a plain Starlette ``Route`` (no mount, no host, no subclass that
-    matches its own way) and the app has no root path, a request is matched against the
-    routes' compiled path patterns and methods directly, as ``Route.matches`` does, without
-    converting the parameters or building the scopes Starlette builds for the endpoint: a
-    third of the cost, on every request whose path is new (an id in the path makes most
-    paths new).
+    matches its own way) and the app has no root path, a request is matched by
+    ``PlainRoutes``: a fraction of the cost, on every request whose path is new (an id in
+    the path makes most paths new).
     """
 
     def __init__(self, app: object) -> None:
@@ -81,7 +107,8 @@ class RouteTemplates:
         self._full: object = None
         self._partial: object = None
         self._route_type: type | None = None
-        self._plain: tuple[list[Any], int, list[_PlainRoute] | None] | None = None
+        # The routes list last compiled and its length, and the result (None: not plain).
+        self._plain: tuple[list[Any], int, PlainRoutes | None] | None = None
         try:
             from starlette.routing import Match, Route
         except ImportError:
@@ -89,24 +116,35 @@ class RouteTemplates:
         self._full, self._partial = Match.FULL, Match.PARTIAL
         self._route_type = Route
 
-    def _plain_routes(self, routes: list[Any]) -> list[_PlainRoute] | None:
-        """The routes' patterns, methods and templates if all are plain; kept while the
-        routes list is the same one with as many routes."""
+    def holder(self, scope: Scope) -> object | None:
+        """The object whose ``routes`` attribute is the app's routes list (a router rather
+        than an app, whose ``routes`` is a property), or None."""
+        owner = self._owner
+        if owner is None:
+            # Added with app.add_middleware(): Starlette put itself in the scope.
+            owner = routes_owner(scope.get("app"))
+        router: object = getattr(owner, "router", None)
+        routes = getattr(owner, "routes", None)
+        if router is not None and getattr(router, "routes", None) is routes:
+            return router
+        return owner
+
+    def plain_routes(self, routes: list[Any]) -> PlainRoutes | None:
+        """``routes`` compiled if all are plain, else None; kept while the routes list is
+        the same one with as many routes."""
         known = self._plain
         if known is not None and known[0] is routes and known[1] == len(routes):
             return known[2]
-        plain: list[_PlainRoute] | None = []
-        for candidate in routes:
-            if plain is None or type(candidate) is not self._route_type:
-                plain = None
-                break
-            route: Any = candidate
-            methods = route.methods
-            plain.append(
-                (route.path_regex.match, None if not methods else frozenset(methods), route.path)
-            )
-        self._plain = (routes, len(routes), plain)
-        return plain
+        compiled: PlainRoutes | None = None
+        route_type: Any = self._route_type
+        # A subclass that matches the way Route does (it keeps ``matches``) is plain too.
+        if route_type is not None and all(
+            isinstance(route, route_type) and type(route).matches is route_type.matches
+            for route in routes
+        ):
+            compiled = PlainRoutes(routes)
+        self._plain = (routes, len(routes), compiled)
+        return compiled
 
     def template(self, scope: Scope) -> tuple[str | None, bool]:
         """The template (None if nothing matches) and whether it depends on the path only."""
@@ -119,9 +157,10 @@ class RouteTemplates:
         routes = getattr(owner, "routes", None)
         if not isinstance(routes, list) or self._full is None:
             return None, True
-        plain = self._plain_routes(routes)
+        plain = self.plain_routes(routes)
         if plain is not None and not scope.get("root_path") and scope.get("type") == "http":
-            return _match_plain(plain, scope["path"], scope.get("method", "GET")), True
+            index = plain.find(scope.get("method", "GET"), scope["path"])
+            return (None if index < 0 else plain.templates[index]), True
         # A copy: matching must not leave anything in the scope the app receives.
         return self._match(routes, {**scope}, 0)
 
@@ -150,17 +189,3 @@ class RouteTemplates:
             return None, by_path
         inner, inner_by_path = self._match(inner_routes, {**scope, **child}, depth + 1)
         return (None if inner is None else prefix + inner), by_path and inner_by_path
-
-
-def _match_plain(routes: list[_PlainRoute], path: str, method: str) -> str | None:
-    """The template of the first route whose pattern and methods take the request, else of
-    the first whose pattern does (a 405), else None: Starlette's router's choice."""
-    partial: str | None = None
-    for match, methods, template in routes:
-        if match(path) is None:
-            continue
-        if methods is None or method in methods:
-            return template
-        if partial is None:
-            partial = template
-    return partial

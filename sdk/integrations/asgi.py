@@ -34,7 +34,9 @@ paths (``/livez``, ``/live``, ``/healthz``, ``/health``, ``/ping``, ``/health/li
 when readiness turns off and when liveness fails during a shutdown (see
 ``drainwatch.integrations._health_paths``). Messages, responses, exceptions (the same
 object) and cancellation pass through untouched; bookkeeping errors are counted, never
-raised. Nested instances count a request once.
+raised. Nested instances count a request once: the outermost marks the scope with the key
+``"drainwatch.counted"``. How a request is labelled and counted cheaply is in
+``drainwatch.integrations._asgi_count``.
 
 ``track_uvicorn(server)`` reports the ports a ``uvicorn.Server`` binds as listeners
 ``http:<port>`` (opened when ``startup()`` returns) and its ``shutdown()``: stop started
@@ -45,14 +47,16 @@ connections and tasks finished; a cancelled shutdown records nothing as closed.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import socket
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from drainwatch import _inflight, _runtime, _shutdown
+from drainwatch._histogram import WAIT_BUCKETS
 
+from ._asgi_count import COUNTED_SCOPE_KEY, HttpCall, HttpShards, new_call
 from ._asgi_routes import RouteTemplates, route_paths
 from ._health_paths import (
     OBSERVED_PATHS,
@@ -92,6 +96,13 @@ _Stats = _inflight.MethodStats
 _Registry = _inflight.InflightRegistry
 
 _MAX_CACHED_PATHS: Final = 4096
+_OUTCOME_BASE: Final = _inflight.OUTCOME_BASE
+_OK_BASE: Final = _inflight.OK_BASE
+_ERROR_BASE: Final = _inflight.ERROR_BASE
+_BUCKET_BOUNDS: Final = WAIT_BUCKETS
+_FIRST_BOUND: Final = WAIT_BUCKETS[0]
+_clock: Final = _inflight.clock
+_NO_MESSAGE: Final[Message | None] = None
 
 
 class _StatsCache:
@@ -137,41 +148,6 @@ def _finish(shard: _inflight.Shard, started: float, outcome: str) -> None:
         shard.finish(started, outcome)
     except Exception:
         _runtime.note_internal_error()
-
-
-class _HttpCall:
-    """What one HTTP request's messages said: status, completion, a departed client."""
-
-    __slots__ = ("_receive", "_send", "client_gone", "complete", "status")
-
-    def __init__(self, receive: Receive, send: Send) -> None:
-        self._receive = receive
-        self._send = send
-        self.status: int | None = None
-        self.complete = False
-        self.client_gone = False
-
-    async def receive(self) -> Message:
-        message = await self._receive()
-        # After the response, servers answer every receive() with http.disconnect.
-        if message.get("type") == "http.disconnect" and not self.complete:
-            self.client_gone = True
-        return message
-
-    async def send(self, message: Message) -> None:
-        # .get(): a malformed message is the server's to reject, with its own error.
-        kind = message.get("type")
-        if kind == "http.response.start":
-            self.status = message.get("status")
-        elif (
-            kind == "http.response.body" and not message.get("more_body", False)
-        ) or kind == "http.response.pathsend":
-            self.complete = True
-        try:
-            await self._send(message)
-        except OSError:  # ASGI 2.4: the client is gone
-            self.client_gone = True
-            raise
 
 
 class _WebSocketCall:
@@ -239,9 +215,21 @@ def _last_line(text: object) -> str | None:
     return lines[-1].strip() if lines else None
 
 
-# Set while a DrainwatchMiddleware handles a request, so that a second one (added by hand
-# inside an app that ``drainwatch run`` wraps again) passes it through uncounted.
-_COUNTING: Final = contextvars.ContextVar("drainwatch_asgi_counting", default=False)
+def _raised(
+    shard: _inflight.Shard, started: float, call: HttpCall, scope: Scope, error: BaseException
+) -> None:
+    """Count an HTTP request whose app raised ``error`` (the caller re-raises it)."""
+    try:
+        cancelled = isinstance(error, asyncio.CancelledError)
+        if cancelled or call.gone_by(error):
+            outcome = _inflight.aborted_or_cancelled()
+        else:
+            outcome = _inflight.ERROR
+        shard.finish(started, outcome)
+        if not cancelled:
+            observe_health_response(scope["path"], call.status() or 500)
+    except Exception:
+        _runtime.note_internal_error()
 
 
 # -- the middleware --------------------------------------------------------------------------------
@@ -258,48 +246,63 @@ class DrainwatchMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._cache = _StatsCache(RouteTemplates(app))
+        templates = RouteTemplates(app)
+        self._cache = _StatsCache(templates)
+        self._shards = HttpShards(templates)
         _runtime.current()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # HTTP, the path every request takes, is inlined here: one coroutine frame less.
-        if scope["type"] != "http":
+        # HTTP, the path every request takes, is written out here: no call on the common
+        # path but the app's and the shard's (see ``_asgi_count``).
+        if scope["type"] != "http" or COUNTED_SCOPE_KEY in scope:
             await self._other(scope, receive, send)
             return
-        if _COUNTING.get():  # an outer DrainwatchMiddleware counts this request already
-            await self.app(scope, receive, send)
-            return
         try:
-            registry = _inflight.REGISTRY
-            shard = registry.shard(self._cache.stats(registry, "http", scope))
-            started = shard.start()  # finished on this thread: the loop's
+            shard = self._shards.shard(scope)
+            shard.started += 1
+            if _shutdown.STATE.shutting_down:
+                shard.started_during_drain += 1
+            started = _clock()
         except Exception:
             _runtime.note_internal_error()
             await self.app(scope, receive, send)
             return
-        call = _HttpCall(receive, send)
-        token = _COUNTING.set(True)
+        call: HttpCall = new_call(HttpCall)
+        call._receive = receive
+        call._send = send
+        call.first = call.last = _NO_MESSAGE
+        call.client_gone = False
+        scope[COUNTED_SCOPE_KEY] = True
         try:
             await self.app(scope, call.receive, call.send)
-        except asyncio.CancelledError:
-            _finish(shard, started, _inflight.aborted_or_cancelled())
+        except BaseException as error:
+            _raised(shard, started, call, scope, error)
             raise
-        except BaseException:
-            outcome = _inflight.aborted_or_cancelled() if call.client_gone else _inflight.ERROR
-            _finish(shard, started, outcome)
-            observe_health_response(scope["path"], call.status or 500)
-            raise
-        finally:
-            _COUNTING.reset(token)
         try:
-            status = call.status
+            elapsed = _clock() - started
+            first = call.first
+            last = call.last
+            status = None if first is None else first.get("status")
             if call.client_gone:
-                outcome = _inflight.aborted_or_cancelled()
-            elif status is None or status >= 500 or not call.complete:
-                outcome = _inflight.ERROR
+                base = _OUTCOME_BASE[_inflight.aborted_or_cancelled()]
+            elif (
+                status is None
+                or status >= 500
+                # The response's end: a message after the start (a body message, or a
+                # pathsend) that does not say more body follows.
+                or last is first
+                or last.get("more_body", False)  # type: ignore[union-attr]  # not None: first is not
+            ):
+                base = _ERROR_BASE
             else:
-                outcome = _inflight.OK
-            shard.finish(started, outcome)
+                base = _OK_BASE
+            # Most requests end within the first bucket: no search for them.
+            if elapsed > _FIRST_BOUND:
+                base += bisect_left(_BUCKET_BOUNDS, elapsed)
+            shard.counts[base] += 1
+            shard.total += elapsed
+            if _shutdown.STATE.shutting_down:
+                shard.registry.check_drained()
             if status is not None and scope["path"] in OBSERVED_PATHS:
                 observe_health_response(scope["path"], status)
         except Exception:
@@ -307,15 +310,9 @@ class DrainwatchMiddleware:
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "websocket":
-            if _COUNTING.get():
-                await self.app(scope, receive, send)
-                return
-            token = _COUNTING.set(True)
-            try:
-                await self._websocket(scope, receive, send)
-            finally:
-                _COUNTING.reset(token)
+        if kind == "websocket" and COUNTED_SCOPE_KEY not in scope:
+            scope[COUNTED_SCOPE_KEY] = True
+            await self._websocket(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
         else:

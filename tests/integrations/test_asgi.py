@@ -709,7 +709,7 @@ def test_bookkeeping_failures_never_reach_the_app(monkeypatch: pytest.MonkeyPatc
     """A registry that fails is counted as an internal error; the request is served anyway."""
 
     class BrokenRegistry(_inflight.InflightRegistry):
-        def shard(self, stats: _inflight.MethodStats) -> _inflight.Shard:
+        def stats(self, protocol: str, method: str) -> _inflight.MethodStats:
             raise OSError("bookkeeping failed")
 
     async def scenario() -> None:
@@ -758,10 +758,45 @@ def test_plain_routes_match_as_starlettes_router_does(monkeypatch: pytest.Monkey
 
     fast = RouteTemplates(app)
     slow = RouteTemplates(app)
-    monkeypatch.setattr(slow, "_plain_routes", lambda routes: None)
+    monkeypatch.setattr(slow, "plain_routes", lambda routes: None)
     for method, path in requests:
         assert fast.template(scope(method, path)) == slow.template(scope(method, path)), path
     assert fast._plain is not None and fast._plain[2] is not None
     mounted = RouteTemplates(Starlette(routes=[Mount("/api", routes=app.routes)]))
     assert mounted.template(scope("GET", "/api/orders/3")) == ("/api/orders/{order_id:int}", True)
     assert mounted._plain is not None and mounted._plain[2] is None
+
+
+def test_an_oserror_from_send_is_a_client_gone_and_the_apps_own_an_error(
+    registry: _inflight.InflightRegistry,
+) -> None:
+    """ASGI 2.4: an OSError raised by the server's send means the client left; an OSError the
+    app raises itself is the app's error. Both reach the caller unchanged."""
+
+    class DisconnectedError(OSError):
+        pass
+
+    async def server_send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            raise DisconnectedError("client went away")
+
+    async def server_receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/own":
+            raise OSError("the app's own disk")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    middleware = DrainwatchMiddleware(app)
+
+    async def call(path: str) -> BaseException:
+        scope = {"type": "http", "method": "GET", "path": path, "root_path": ""}
+        with pytest.raises(OSError) as raised:
+            await middleware(scope, server_receive, server_send)
+        return raised.value
+
+    assert isinstance(run(call("/gone")), DisconnectedError)
+    assert str(run(call("/own"))) == "the app's own disk"
+    assert outcomes(registry) == {("http", "GET unmatched"): {"cancelled": 1, "error": 1}}
