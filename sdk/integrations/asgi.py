@@ -65,7 +65,6 @@ from ._health_paths import (
     guarded,
     listener_name,
     listener_role,
-    method_label,
     observe_health_response,
     websocket_outcome,
 )
@@ -105,23 +104,23 @@ _clock: Final = _inflight.clock
 _NO_MESSAGE: Final[Message | None] = None
 
 
-class _StatsCache:
-    """Stats per (protocol, method, path), so a path seen before costs one dict lookup."""
+class _WebSocketStats:
+    """Stats of WebSocket connections per path (HTTP requests count through
+    ``_asgi_count.HttpShards``), so a path seen before costs one dict lookup."""
 
     __slots__ = ("by_path", "registry", "templates")
 
     def __init__(self, templates: RouteTemplates) -> None:
         self.templates = templates
         self.registry: _Registry | None = None
-        self.by_path: dict[tuple[str, str, str], _Stats] = {}
+        self.by_path: dict[str, _Stats] = {}
 
-    def stats(self, registry: _Registry, protocol: str, scope: Scope) -> _Stats:
+    def stats(self, registry: _Registry, scope: Scope) -> _Stats:
         if registry is not self.registry:
             self.registry = registry
             self.by_path = {}
-        method: str = scope.get("method", "GET")
-        key = (protocol, method, scope["path"])
-        stats = self.by_path.get(key)
+        path: str = scope["path"]
+        stats = self.by_path.get(path)
         if stats is not None:
             return stats
         try:
@@ -129,14 +128,11 @@ class _StatsCache:
         except Exception:
             _runtime.note_internal_error()
             template, by_path = None, True
-        if protocol == "websocket":
-            stats = registry.stats(protocol, template or UNMATCHED)
-        else:
-            stats = registry.stats(protocol, method_label(method, template))
+        stats = registry.stats("websocket", template or UNMATCHED)
         if by_path:
             if len(self.by_path) >= _MAX_CACHED_PATHS:
                 self.by_path = {}
-            self.by_path[key] = stats
+            self.by_path[path] = stats
         return stats
 
 
@@ -247,7 +243,7 @@ class DrainwatchMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         templates = RouteTemplates(app)
-        self._cache = _StatsCache(templates)
+        self._websocket_stats = _WebSocketStats(templates)
         self._shards = HttpShards(templates)
         _runtime.current()
 
@@ -322,7 +318,7 @@ class DrainwatchMiddleware:
         try:
             registry = _inflight.REGISTRY
             call = _WebSocketCall(
-                registry, self._cache.stats(registry, "websocket", scope), receive, send
+                registry, self._websocket_stats.stats(registry, scope), receive, send
             )
         except Exception:
             _runtime.note_internal_error()
