@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from bisect import bisect_left
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from . import _shutdown
 from ._caps import CAPPED
@@ -138,9 +139,12 @@ class MethodStats:
         self.shards: dict[int, Shard] = {}
 
     def active(self) -> int:
+        """In flight as its shards count it; the registry adds what ``PendingSource``s hold."""
         return sum(shard.active() for shard in list(self.shards.values()))
 
-    def record(self) -> dict[str, Any]:
+    def record(self, pending: int = 0) -> dict[str, Any]:
+        """The counts as a record; ``pending``: its requests in flight that a
+        ``PendingSource`` holds, not yet in the shards."""
         started = started_during_drain = rejected = 0
         by_outcome_bucket = [0] * (len(_RAN) * _BUCKETS)
         total = 0.0
@@ -165,12 +169,27 @@ class MethodStats:
             "type": "inflight",
             "protocol": self.protocol,
             "method": self.method,
-            "active": started - ended,
+            "active": started - ended + pending,
             "started_during_drain": started_during_drain,
             "outcomes": outcomes,
             # A sum read a request ahead of its bucket is corrected by the next record.
             "duration": {"counts": counts, "sum": total, "count": ended},
         }
+
+
+class PendingSource(Protocol):
+    """Requests in flight that an integration labels when they end: it counts each one's
+    start and end into its shard together, when it ends, and readers ask the source for
+    those still running. Its methods run on the readers' threads."""
+
+    def pending_count(self) -> int:
+        """How many requests are in flight."""
+
+    def pending_by_stats(self, registry: InflightRegistry) -> dict[MethodStats, int]:
+        """The requests in flight by the stats (of ``registry``) each will count into."""
+
+    def clear_pending(self) -> None:
+        """Forget the requests in flight (a reset); each still counts when it ends."""
 
 
 class InflightRegistry:
@@ -179,6 +198,8 @@ class InflightRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._methods: dict[tuple[str, str], MethodStats] = {}
+        # Held weakly: a source lives as long as its integration, or a request it holds.
+        self._pending_sources: weakref.WeakSet[PendingSource] = weakref.WeakSet()
         self.capped = 0
 
     def stats(self, protocol: str, method: str) -> MethodStats:
@@ -255,6 +276,23 @@ class InflightRegistry:
                 shard = stats.shards[_SHARED] = _SharedShard(self)
             return shard
 
+    def add_pending_source(self, source: PendingSource) -> None:
+        """Count the requests ``source`` holds as in flight, while it lives."""
+        with self._lock:
+            self._pending_sources.add(source)
+
+    def _sources(self) -> list[PendingSource]:
+        with self._lock:
+            return list(self._pending_sources)
+
+    def _pending(self) -> dict[MethodStats, int]:
+        """The requests in flight that sources hold, by stats (made here for new labels)."""
+        totals: dict[MethodStats, int] = {}
+        for source in self._sources():
+            for stats, count in source.pending_by_stats(self).items():
+                totals[stats] = totals.get(stats, 0) + count
+        return totals
+
     def check_drained(self) -> None:
         """Called by each request's finish while shutting down, after its own count went
         down: whichever ends last sees every other count down too."""
@@ -271,6 +309,8 @@ class InflightRegistry:
         The stats objects stay: integrations hold on to them per method.
         """
         with self._lock:
+            for source in list(self._pending_sources):
+                source.clear_pending()
             for stats in self._methods.values():
                 for shard in stats.shards.values():
                     # Whoever kept this shard (see ``shard``) sees it is no longer this
@@ -289,25 +329,32 @@ class InflightRegistry:
             return list(self._methods.values())
 
     def active(self) -> int:
-        return sum(stats.active() for stats in self._all())
+        # Sources first, shards second: a request that ends in between is still counted by
+        # this one read, never missed, so the drain is never declared early.
+        pending = sum(source.pending_count() for source in self._sources())
+        return pending + sum(stats.active() for stats in self._all())
 
     def active_by_protocol(self) -> dict[str, int]:
         totals = dict.fromkeys(PROTOCOLS, 0)
+        pending = self._pending()
         for stats in self._all():
-            totals[stats.protocol] = totals.get(stats.protocol, 0) + stats.active()
+            active = stats.active() + pending.get(stats, 0)
+            totals[stats.protocol] = totals.get(stats.protocol, 0) + active
         return totals
 
     def unfinished_by_protocol(self) -> dict[str, int]:
         """Requests the shutdown cut off: still active now, or aborted at shutdown."""
         totals = dict.fromkeys(PROTOCOLS, 0)
+        pending = self._pending()
         for stats in self._all():
-            record = stats.record()
+            record = stats.record(pending.get(stats, 0))
             cut = record["active"] + record["outcomes"][ABORTED_AT_SHUTDOWN]
             totals[stats.protocol] = totals.get(stats.protocol, 0) + cut
         return totals
 
     def records(self) -> list[dict[str, Any]]:
-        return [stats.record() for stats in self._all()]
+        pending = self._pending()
+        return [stats.record(pending.get(stats, 0)) for stats in self._all()]
 
 
 def aborted_or_cancelled() -> str:

@@ -1,16 +1,25 @@
 """Counting ASGI HTTP requests: the shard a request counts into, and what its messages said.
 
-``DrainwatchMiddleware`` counts each HTTP request from the call, before the app runs, under
-its method and route template (``GET /orders/{order_id}``), found by matching the app's
-routes as its router will. For an app of plain Starlette routes the match is written out
-here (``HttpShards.shard``): the routes' compiled patterns are tried in order, and the
-shard of the route and method is kept, so a request costs one pattern match per route
-tried and a few look-ups. Other apps are matched through ``RouteTemplates``, and their
-paths kept by method when the template depends on the path only.
+``DrainwatchMiddleware`` counts each HTTP request under its method and route template
+(``GET /orders/{order_id}``), the route the app's router chooses. For an app of plain
+Starlette routes the label is taken when the request ends, from the route Starlette's
+router put in the scope (``scope["route"]``): no matching of our own. The route's shard is
+kept per route and method, so a request costs a few look-ups. While it runs the request
+is held in its loop's set of requests in flight (``LoopShards.calls``), and readers (the
+reporter, the drain check, the exit record) label those: by the route in the scope once
+the router ran, before that by matching the path as the router will (``PlainRoutes.find``).
+That is few requests, at a reader's pace, rather than every request at its start. A
+request that ends counts its start and its end together, so the counts never say it
+ended before it started.
+
+Other apps, a request during a drain (its start counts at once, as started during the
+drain) and a request on another thread are counted when they start, under the route
+matched then: written out for plain routes (``HttpShards.shard``), else through
+``RouteTemplates``, with paths kept by method when the template depends on the path only.
 
 Everything here runs on the thread of the event loop that serves the app, which alone
 writes its shards, without a lock (see ``drainwatch._inflight``); another thread starts
-its own state.
+its own state. Readers only read: the set of requests in flight is copied whole.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from types import CodeType
 from typing import Any, Final
 
-from drainwatch import _inflight, _runtime
+from drainwatch import _inflight, _runtime, _shutdown
 
 from ._asgi_routes import PlainRoutes, RouteTemplates
 from ._health_paths import method_label
@@ -67,13 +76,14 @@ class HttpCall:
     call): ``new_call(HttpCall)``, then sets every field.
     """
 
-    __slots__ = ("_receive", "_send", "client_gone", "first", "last")
+    __slots__ = ("_receive", "_send", "client_gone", "first", "last", "scope")
 
     _receive: Receive
     _send: Send
     client_gone: bool
     first: Message | None
     last: Message | None
+    scope: Scope  # set for a request labelled when it ends, which readers label meanwhile
 
     async def receive(self) -> Message:
         message = await self._receive()
@@ -133,23 +143,48 @@ def _code_of(function: object) -> CodeType | None:
 
 
 class LoopShards:
-    """One event loop thread's shards of HTTP requests, for one registry."""
+    """One event loop thread's shards of HTTP requests, for one registry, and its requests
+    in flight that are labelled when they end (a ``PendingSource``)."""
 
-    __slots__ = ("by_label", "by_path", "holder", "plain", "registry", "route_shards", "thread")
+    __slots__ = (
+        "__weakref__",
+        "by_label",
+        "by_path",
+        "by_route_id",
+        "calls",
+        "holder",
+        "plain",
+        "registry",
+        "route_shards",
+        "thread",
+    )
 
     def __init__(self, registry: _Registry, thread: int) -> None:
         self.registry = registry
         self.thread = thread
         # An app of plain routes: the object whose ``routes`` they are, the routes compiled,
         # and the shards by route index, then request method (the last list item: requests
-        # no route matches).
+        # no route matches); the same dicts by the id of their route.
         self.holder: Any = None
         self.plain: PlainRoutes | None = None
         self.route_shards: list[dict[str, _Shard]] = []
+        self.by_route_id: dict[int, dict[str, _Shard]] = {}
         # Other apps: by (method, template), and by (method, path) for paths whose template
         # depends on the path only.
         self.by_label: dict[tuple[str, str | None], _Shard] = {}
         self.by_path: dict[tuple[str, str], _Shard] = {}
+        # Requests in flight that are labelled when they end.
+        self.calls: set[HttpCall] = set()
+
+    def use_routes(self, holder: Any, plain: PlainRoutes | None) -> None:
+        self.holder, self.plain = holder, plain
+        if plain is None:
+            self.route_shards, self.by_route_id = [], {}
+            return
+        self.route_shards = [{} for _ in range(plain.count + 1)]
+        self.by_route_id = {
+            route_id: self.route_shards[index] for route_id, index in plain.index_by_id.items()
+        }
 
     def label_shard(self, method: str, template: str | None) -> _Shard:
         key = (method, template)
@@ -162,6 +197,42 @@ class LoopShards:
             self.by_label[key] = shard
         return shard
 
+    # -- PendingSource: called on readers' threads ------------------------------------------
+
+    def pending_count(self) -> int:
+        return len(self.calls)
+
+    def pending_by_stats(self, registry: _Registry) -> dict[_inflight.MethodStats, int]:
+        """The requests in flight by the stats they will count into: the route the router
+        chose, or before it has, the path matched as it will match it (against the routes
+        as compiled when a request last ended, should the app change them meanwhile)."""
+        plain = self.plain
+        # Grouped by route index and method first: a label is made once per group, not
+        # once per request (a drain may hold thousands of long requests).
+        groups: dict[tuple[int, str], int] = {}
+        for call in list(self.calls):  # a copy made whole, under the GIL
+            scope = call.scope
+            method = scope.get("method")
+            method = method if isinstance(method, str) else ""
+            index = -1
+            if plain is not None:
+                # Routed already: the router's choice; else the path matched as it will be.
+                index = plain.index_by_id.get(id(scope.get("route")), -1)
+                path = scope.get("path")
+                if index < 0 and isinstance(path, str):
+                    index = plain.find(method, path)
+            key = (index, method)
+            groups[key] = groups.get(key, 0) + 1
+        by_stats: dict[_inflight.MethodStats, int] = {}
+        for (index, method), count in groups.items():
+            template = None if plain is None or index < 0 else plain.templates[index]
+            stats = registry.stats("http", method_label(method, template))
+            by_stats[stats] = by_stats.get(stats, 0) + count
+        return by_stats
+
+    def clear_pending(self) -> None:
+        self.calls.clear()
+
 
 class HttpShards:
     """Where the HTTP requests of one middleware count (see the module doc). The state of
@@ -173,6 +244,15 @@ class HttpShards:
     def __init__(self, templates: RouteTemplates) -> None:
         self.templates = templates
         self.loop = LoopShards(_inflight.RETIRED, -1)
+
+    def start_now(self, scope: Scope) -> _Shard:
+        """Count the request of ``scope`` as started now, under the route matched now; its
+        shard. Raises on a malformed scope."""
+        shard = self.shard(scope)
+        shard.started += 1
+        if _shutdown.STATE.shutting_down:
+            shard.started_during_drain += 1
+        return shard
 
     def shard(self, scope: Scope) -> _Shard:
         """The shard to count the request of ``scope`` into. Raises on a malformed scope."""
@@ -228,6 +308,7 @@ class HttpShards:
         loop = self.loop
         if loop.registry is not registry or loop.thread != thread:
             loop = LoopShards(registry, thread)
+            registry.add_pending_source(loop)
         try:
             holder = self.templates.holder(scope)
             routes = getattr(holder, "routes", None)
@@ -236,10 +317,37 @@ class HttpShards:
             _runtime.note_internal_error()
             holder, plain = None, None
         if plain is not loop.plain:
-            loop.holder, loop.plain = holder, plain
-            loop.route_shards = [] if plain is None else [{} for _ in range(plain.count + 1)]
+            loop.use_routes(holder, plain)
         self.loop = loop
         return loop
+
+    def end_shard(self, loop: LoopShards, scope: Scope) -> _Shard:
+        """The shard of a request labelled when it ends (started on ``loop``, an app of
+        plain routes then), when its route's shard is not kept yet: the route the router
+        put in the scope, else (none: a 404, or a middleware answered before routing) the
+        one its path matches. Raises on a malformed scope."""
+        method: str = scope["method"]
+        plain = loop.plain
+        if (
+            plain is None
+            or loop.registry is not _inflight.REGISTRY
+            or loop.holder.routes is not plain.routes
+            or len(plain.routes) != plain.count
+        ):
+            # Another registry (this thread's state is made afresh), or the app's routes
+            # changed (compiled again).
+            loop = self._current_loop(scope)
+            plain = loop.plain
+            if plain is None:
+                return self._matched_shard(loop, scope)
+        index = plain.index_by_id.get(id(scope.get("route")), -1)
+        if index < 0:
+            index = plain.find(method, scope["path"])
+        shard = loop.label_shard(method, None if index < 0 else plain.templates[index])
+        by_method = loop.route_shards[index]
+        if len(by_method) < _MAX_CACHED_METHODS:
+            by_method[method] = shard
+        return shard
 
     def _matched_shard(self, loop: LoopShards, scope: Scope) -> _Shard:
         """The shard of the request's route, found through ``RouteTemplates``."""

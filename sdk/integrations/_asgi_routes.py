@@ -69,7 +69,7 @@ class PlainRoutes:
     Valid while ``routes`` is the holder's list and has ``count`` routes.
     """
 
-    __slots__ = ("count", "matchers", "routes", "templates")
+    __slots__ = ("count", "index_by_id", "kept", "matchers", "routes", "templates")
 
     def __init__(self, routes: list[Any]) -> None:
         self.routes = routes
@@ -79,6 +79,14 @@ class PlainRoutes:
             for route in routes
         ]
         self.templates: list[str] = [route.path for route in routes]
+        # The route objects compiled, kept alive so that no other object takes one's id:
+        # a route that Starlette's router put in the scope (``scope["route"]``) is found
+        # by its id. (Starlette routes define ``__eq__``, so they cannot be dict keys.)
+        self.kept: tuple[Any, ...] = tuple(routes)
+        # A route listed twice is the router's at its first place.
+        self.index_by_id: dict[int, int] = {}
+        for index, route in enumerate(routes):
+            self.index_by_id.setdefault(id(route), index)
 
     def find(self, method: str, path: str) -> int:
         """The index of the first route whose pattern and methods take the request, else

@@ -11,8 +11,10 @@
 
 - ``http``: each request is in flight from the call until the app returns, i.e. until the
   last body chunk of a streaming response was sent (and background tasks ran). It is
-  counted under its method and route template (``GET /orders/{order_id}``), found by
-  matching the Starlette/FastAPI routes (mounts included) before the app runs; an app
+  counted under its method and route template (``GET /orders/{order_id}``): for an app of
+  plain Starlette routes, the route its router chose (taken when the request ends; while
+  it runs, reports label it by matching its path); for other apps, the route found by
+  matching the Starlette/FastAPI routes (mounts included) before the app runs. An app
   without Starlette-style routes, or a path no route matches, counts as ``GET unmatched``.
   Outcomes: ``ok`` (status < 500), ``error`` (status >= 500, no response, or the app
   raised), ``cancelled``/``aborted_at_shutdown`` (the task was cancelled, or the client
@@ -49,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import socket
+import threading
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -56,7 +59,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from drainwatch import _inflight, _runtime, _shutdown
 from drainwatch._histogram import WAIT_BUCKETS
 
-from ._asgi_count import COUNTED_SCOPE_KEY, HttpCall, HttpShards, new_call
+from ._asgi_count import COUNTED_SCOPE_KEY, HttpCall, HttpShards, LoopShards, new_call
 from ._asgi_routes import RouteTemplates, route_paths
 from ._health_paths import (
     OBSERVED_PATHS,
@@ -102,6 +105,8 @@ _BUCKET_BOUNDS: Final = WAIT_BUCKETS
 _FIRST_BOUND: Final = WAIT_BUCKETS[0]
 _clock: Final = _inflight.clock
 _NO_MESSAGE: Final[Message | None] = None
+_thread_id: Final = threading.get_ident
+_id: Final = id
 
 
 class _WebSocketStats:
@@ -212,10 +217,21 @@ def _last_line(text: object) -> str | None:
 
 
 def _raised(
-    shard: _inflight.Shard, started: float, call: HttpCall, scope: Scope, error: BaseException
+    shards: HttpShards,
+    loop: LoopShards,
+    shard: _inflight.Shard | None,
+    started: float,
+    call: HttpCall,
+    scope: Scope,
+    error: BaseException,
 ) -> None:
-    """Count an HTTP request whose app raised ``error`` (the caller re-raises it)."""
+    """Count an HTTP request whose app raised ``error`` (the caller re-raises it); a
+    ``shard`` of None: the request is labelled now."""
     try:
+        if shard is None:
+            loop.calls.discard(call)
+            shard = shards.end_shard(loop, scope)
+            shard.started += 1
         cancelled = isinstance(error, asyncio.CancelledError)
         if cancelled or call.gone_by(error):
             outcome = _inflight.aborted_or_cancelled()
@@ -247,18 +263,24 @@ class DrainwatchMiddleware:
         self._shards = HttpShards(templates)
         _runtime.current()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: PLR0912, PLR0915
         # HTTP, the path every request takes, is written out here: no call on the common
-        # path but the app's and the shard's (see ``_asgi_count``).
+        # path but the app's, as a call costs about as much as the count itself (see
+        # ``_asgi_count`` for how a request is labelled).
         if scope["type"] != "http" or COUNTED_SCOPE_KEY in scope:
             await self._other(scope, receive, send)
             return
+        shard: _inflight.Shard | None = None
         try:
-            shard = self._shards.shard(scope)
-            shard.started += 1
-            if _shutdown.STATE.shutting_down:
-                shard.started_during_drain += 1
-            started = _clock()
+            loop = self._shards.loop
+            plain = loop.plain
+            if (
+                plain is None
+                or loop.thread != _thread_id()
+                or scope.get("root_path")
+                or _shutdown.STATE.shutting_down
+            ):
+                shard = self._shards.start_now(scope)
         except Exception:
             _runtime.note_internal_error()
             await self.app(scope, receive, send)
@@ -268,14 +290,28 @@ class DrainwatchMiddleware:
         call._send = send
         call.first = call.last = _NO_MESSAGE
         call.client_gone = False
+        call.scope = scope
         scope[COUNTED_SCOPE_KEY] = True
+        if shard is None:
+            # Labelled when it ends; in flight in its loop's set meanwhile.
+            loop.calls.add(call)
+        started = _clock()
         try:
             await self.app(scope, call.receive, call.send)
         except BaseException as error:
-            _raised(shard, started, call, scope, error)
+            _raised(self._shards, loop, shard, started, call, scope, error)
             raise
         try:
             elapsed = _clock() - started
+            if shard is None:
+                loop.calls.discard(call)
+                # The route Starlette's router chose, its shard kept by the route's id.
+                by_method = loop.by_route_id.get(_id(scope.get("route")))
+                shard = None if by_method is None else by_method.get(scope["method"])
+                if shard is None or shard.registry is not _inflight.REGISTRY:
+                    shard = self._shards.end_shard(loop, scope)
+                # The start counts with the end: never ended before started.
+                shard.started += 1
             first = call.first
             last = call.last
             status = None if first is None else first.get("status")

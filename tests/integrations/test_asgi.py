@@ -800,3 +800,222 @@ def test_an_oserror_from_send_is_a_client_gone_and_the_apps_own_an_error(
     assert isinstance(run(call("/gone")), DisconnectedError)
     assert str(run(call("/own"))) == "the app's own disk"
     assert outcomes(registry) == {("http", "GET unmatched"): {"cancelled": 1, "error": 1}}
+
+
+# -- apps of plain Starlette routes: labelled when a request ends -----------------------------
+
+
+def held_routes_app(
+    gate: Gate, hold_before_routing: Gate
+) -> tuple[Starlette, DrainwatchMiddleware]:
+    """A Starlette app of plain routes, wrapped as ``drainwatch run`` wraps it: a held order
+    route, a failing route, and a middleware that holds some requests before routing and
+    answers them itself."""
+    from starlette.middleware import Middleware
+    from starlette.routing import Route
+
+    async def order(request: Request) -> PlainTextResponse:
+        if request.query_params.get("hold"):
+            await gate.hold()
+        return PlainTextResponse(request.path_params["order_id"])
+
+    async def fail(request: Request) -> PlainTextResponse:
+        raise RuntimeError("the handler's own error")
+
+    class AnswersBeforeRouting:
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and scope["query_string"] == b"deny":
+                await hold_before_routing.hold()
+                await send({"type": "http.response.start", "status": 401, "headers": []})
+                await send({"type": "http.response.body", "body": b"denied"})
+                return
+            await self.app(scope, receive, send)
+
+    app = Starlette(
+        routes=[
+            Route("/orders/{order_id}", order, methods=["GET"]),
+            Route("/fail", fail),
+        ],
+        middleware=[Middleware(AnswersBeforeRouting)],
+    )
+    return app, DrainwatchMiddleware(app)
+
+
+def test_plain_routes_are_in_flight_under_their_route_and_counted_by_the_routers_choice(
+    registry: _inflight.InflightRegistry,
+) -> None:
+    """Requests to an app of plain routes are labelled by the route Starlette's router chose
+    when they end, and by matching their path while they run: in the records, the totals and
+    the exit figure alike. 405s, misses, errors and a middleware's own answer included."""
+    gate, before_routing = Gate(), Gate()
+    _, middleware = held_routes_app(gate, before_routing)
+
+    async def scenario() -> None:
+        async with serving(middleware) as served:
+            async with served.session.get(served.url + "/orders/1") as response:
+                assert (response.status, await response.text()) == (200, "1")
+            held = asyncio.create_task(served.session.get(served.url + "/orders/7?hold=1"))
+            denied = asyncio.create_task(served.session.get(served.url + "/orders/8?deny"))
+            await gate.entered.wait()
+            await before_routing.entered.wait()
+            # Both are held in the loop's set of requests labelled when they end.
+            assert len(middleware._shards.loop.calls) == 2
+            assert active(registry, "http", "GET /orders/{order_id}") == 2
+            assert registry.active() == 2
+            assert registry.active_by_protocol()["http"] == 2
+            assert registry.unfinished_by_protocol()["http"] == 2
+            gate.release.set()
+            before_routing.release.set()
+            async with await held as response:
+                assert (response.status, await response.text()) == (200, "7")
+            async with await denied as response:
+                assert (response.status, await response.text()) == (401, "denied")
+            for method, path, status in [
+                ("POST", "/orders/2", 405),
+                ("GET", "/nowhere/3", 404),
+                ("GET", "/fail", 500),
+            ]:
+                async with served.session.request(method, served.url + path) as response:
+                    assert response.status == status, path
+            assert registry.active() == 0
+
+    run(scenario())
+    assert outcomes(registry) == {
+        ("http", "GET /orders/{order_id}"): {"ok": 3},
+        ("http", "POST /orders/{order_id}"): {"ok": 1},
+        ("http", "GET unmatched"): {"ok": 1},
+        ("http", "GET /fail"): {"error": 1},
+    }
+    assert registry.active() == 0
+
+
+def test_plain_routes_changed_while_serving_are_followed(
+    registry: _inflight.InflightRegistry,
+) -> None:
+    """A route added while the app serves, and a routes list replaced, label their requests
+    by the routes the router uses then."""
+    from starlette.routing import Route
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("x")
+
+    app = Starlette(routes=[Route("/orders/{order_id}", endpoint)])
+
+    async def scenario() -> None:
+        async with serving(DrainwatchMiddleware(app)) as served:
+
+            async def get(path: str) -> None:
+                async with served.session.get(served.url + path) as response:
+                    assert response.status == 200, path
+
+            await get("/orders/1")
+            await get("/orders/2")
+            app.router.routes.append(Route("/carts/{cart_id}", endpoint))
+            await get("/carts/1")
+            await get("/carts/2")
+            app.router.routes = [Route("/v2/orders/{order_id}", endpoint)]
+            await get("/v2/orders/1")
+            await get("/v2/orders/2")
+
+    run(scenario())
+    assert outcomes(registry) == {
+        ("http", "GET /orders/{order_id}"): {"ok": 2},
+        ("http", "GET /carts/{cart_id}"): {"ok": 2},
+        ("http", "GET /v2/orders/{order_id}"): {"ok": 2},
+    }
+
+
+def test_plain_routes_during_a_drain_and_across_a_reset(
+    registry: _inflight.InflightRegistry,
+) -> None:
+    """A request that started before the drain is in flight during it and its end completes
+    the drain; one that starts during the drain counts as such. A reset forgets a request
+    in flight; when it ends it counts its start and end together."""
+    gate, before_routing = Gate(), Gate()
+    _, middleware = held_routes_app(gate, before_routing)
+
+    async def scenario() -> None:
+        async with serving(middleware) as served:
+            async with served.session.get(served.url + "/orders/1") as response:
+                assert response.status == 200
+            held = asyncio.create_task(served.session.get(served.url + "/orders/2?hold=1"))
+            await gate.entered.wait()
+            registry.reset()
+            assert registry.active() == 0
+            gate.release.set()
+            async with await held as response:
+                assert response.status == 200
+            assert outcomes(registry) == {("http", "GET /orders/{order_id}"): {"ok": 1}}
+            assert registry.active() == 0
+
+            gate.entered.clear()
+            gate.release.clear()
+            held = asyncio.create_task(served.session.get(served.url + "/orders/3?hold=1"))
+            await gate.entered.wait()
+            _shutdown.STATE.note_signal(signal.SIGTERM, send=False)
+            drain = _shutdown.STATE.steps[_shutdown.DRAIN]
+            async with served.session.get(served.url + "/orders/4") as response:
+                assert response.status == 200
+            assert active(registry, "http", "GET /orders/{order_id}") == 1
+            assert drain.finished is None
+            gate.release.set()
+            async with await held as response:
+                assert response.status == 200
+            assert drain.finished is not None
+
+    run(scenario())
+    (record,) = [r for r in registry.records() if r["method"] == "GET /orders/{order_id}"]
+    assert (record["active"], record["outcomes"]["ok"], record["started_during_drain"]) == (
+        0,
+        3,
+        1,
+    )
+
+
+def test_a_request_labelled_when_it_ends_counts_into_the_registry_of_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A registry replaced between requests (as a test harness or a forked worker may):
+    the next request labelled when it ends counts into the new one, not the old."""
+    from starlette.routing import Route
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("x")
+
+    middleware = DrainwatchMiddleware(Starlette(routes=[Route("/orders/{order_id}", endpoint)]))
+
+    async def server_receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def server_send(message: Message) -> None:
+        return None
+
+    async def get(path: str) -> None:
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": path,
+            "root_path": "",
+            "query_string": b"",
+            "headers": [],
+        }
+        await middleware(scope, server_receive, server_send)
+
+    async def scenario() -> tuple[_inflight.InflightRegistry, _inflight.InflightRegistry]:
+        original = _inflight.InflightRegistry()
+        monkeypatch.setattr(_inflight, "REGISTRY", original)
+        await get("/orders/1")
+        await get("/orders/2")  # labelled when it ends: the loop's state is built
+        replaced = _inflight.InflightRegistry()
+        monkeypatch.setattr(_inflight, "REGISTRY", replaced)
+        await get("/orders/3")
+        await get("/orders/4")
+        return original, replaced
+
+    first, second = run(scenario())
+    assert outcomes(first) == {("http", "GET /orders/{order_id}"): {"ok": 2}}
+    assert outcomes(second) == {("http", "GET /orders/{order_id}"): {"ok": 2}}
+    assert first.active() == second.active() == 0

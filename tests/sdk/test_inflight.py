@@ -124,3 +124,95 @@ def test_what_was_cut_at_exit_counts_active_and_aborted_requests() -> None:
     other.join(5)
     assert registry.unfinished_by_protocol() == {"grpc": 2, "http": 1, "websocket": 0}
     assert registry.active_by_protocol() == {"grpc": 1, "http": 1, "websocket": 0}
+
+
+class HeldRequests:
+    """A ``PendingSource`` as an integration that labels requests when they end keeps one:
+    requests in flight by label, counted into the registry's shard when they end."""
+
+    def __init__(self) -> None:
+        self.labels: list[str] = []
+
+    def pending_count(self) -> int:
+        return len(self.labels)
+
+    def pending_by_stats(self, registry: InflightRegistry) -> dict[_inflight.MethodStats, int]:
+        by_stats: dict[_inflight.MethodStats, int] = {}
+        for label in self.labels:
+            stats = registry.stats("http", label)
+            by_stats[stats] = by_stats.get(stats, 0) + 1
+        return by_stats
+
+    def clear_pending(self) -> None:
+        self.labels.clear()
+
+    def end(self, registry: InflightRegistry, label: str, outcome: str) -> None:
+        self.labels.remove(label)
+        shard = registry.loop_shard(registry.stats("http", label))
+        shard.started += 1
+        shard.finish(_inflight.clock(), outcome)
+
+
+def test_requests_a_source_holds_are_in_flight_everywhere_until_they_end(
+    shutdown_state: _shutdown.ShutdownState,
+) -> None:
+    """Requests labelled when they end are in flight, under their labels, in the records,
+    the totals, the exit figure and the drain check; a label not seen before gets its
+    record; ending moves a request from the source to the counts, never lost or doubled."""
+    registry = InflightRegistry()
+    source = HeldRequests()
+    registry.add_pending_source(source)
+    registry.finish(
+        registry.stats("http", "GET /orders/{id}"),
+        registry.start(registry.stats("http", "GET /orders/{id}")),
+        OK,
+    )
+    source.labels += ["GET /orders/{id}", "GET /orders/{id}", "POST /carts"]
+    records = {record["method"]: record for record in registry.records()}
+    assert {method: record["active"] for method, record in records.items()} == {
+        "GET /orders/{id}": 2,
+        "POST /carts": 1,
+    }
+    assert records["GET /orders/{id}"]["outcomes"][OK] == 1
+    assert registry.active() == 3
+    assert registry.active_by_protocol() == {"grpc": 0, "http": 3, "websocket": 0}
+    assert registry.unfinished_by_protocol() == {"grpc": 0, "http": 3, "websocket": 0}
+
+    shutdown_state.note_signal(15)
+    drain = shutdown_state.steps[_shutdown.DRAIN]
+    source.end(registry, "GET /orders/{id}", OK)
+    source.end(registry, "POST /carts", ABORTED_AT_SHUTDOWN)
+    finished_with_one_left = drain.finished
+    source.end(registry, "GET /orders/{id}", OK)
+    assert finished_with_one_left is None
+    assert drain.finished is not None
+    records = {record["method"]: record for record in registry.records()}
+    assert {method: record["active"] for method, record in records.items()} == {
+        "GET /orders/{id}": 0,
+        "POST /carts": 0,
+    }
+    assert records["GET /orders/{id}"]["outcomes"][OK] == 3
+    assert registry.unfinished_by_protocol() == {"grpc": 0, "http": 1, "websocket": 0}
+
+
+def test_a_reset_forgets_held_requests_and_a_dead_source_counts_nothing() -> None:
+    """A reset zeroes what sources hold (a request that ends later counts its start and
+    end together); a source is held weakly, so one no longer alive adds nothing."""
+    registry = InflightRegistry()
+    source = HeldRequests()
+    registry.add_pending_source(source)
+    source.labels.append("GET /slow")
+    assert registry.active() == 1
+    registry.reset()
+    assert registry.active() == 0
+    source.labels.append("GET /slow")  # the request, still running, ends after the reset
+    source.end(registry, "GET /slow", OK)
+    (record,) = registry.records()
+    assert (record["active"], record["outcomes"][OK]) == (0, 1)
+
+    dropped = HeldRequests()
+    dropped.labels.append("GET /gone")
+    registry.add_pending_source(dropped)
+    assert registry.active() == 1
+    del dropped
+    assert registry.active() == 0
