@@ -34,6 +34,7 @@ _Shard = _inflight.Shard
 _Registry = _inflight.InflightRegistry
 _UPGRADE: Final = hdrs.UPGRADE  # case-insensitive already: no conversion per look-up
 _BUCKET_BOUNDS: Final = WAIT_BUCKETS
+_FIRST_BOUND: Final = WAIT_BUCKETS[0]
 _OUTCOME_BASE: Final = _inflight.OUTCOME_BASE
 _OK_BASE: Final = _inflight.OK_BASE
 _ERROR_BASE: Final = _inflight.ERROR_BASE
@@ -233,21 +234,20 @@ def counting_handler(handler: Handler, method: str, template: str | None) -> Han
             # each, on every request); ``_force_close`` is set by whatever closes the
             # connection (the client gone, the server shutting down), so anything else
             # takes the full check.
-            if fields_known:
-                protocol = request._protocol
-                plain = (
-                    response._payload_writer is None
-                    and not response._eof_sent
-                    and protocol is not None
-                    and not protocol._force_close
-                )
-            else:
-                plain = False
-            if plain:
+            if (
+                fields_known
+                and response._payload_writer is None
+                and not response._eof_sent
+                and (protocol := request._protocol) is not None
+                and not protocol._force_close
+            ):
                 base = _ERROR_BASE if response._status >= 500 else _OK_BASE
             else:
                 base = _OUTCOME_BASE[_returned_outcome(request, response)]
-            shard.counts[base + bisect_left(_BUCKET_BOUNDS, elapsed)] += 1
+            # Most requests end within the first bucket: no search for them.
+            if elapsed > _FIRST_BOUND:
+                base += bisect_left(_BUCKET_BOUNDS, elapsed)
+            shard.counts[base] += 1
             shard.total += elapsed
             if state.shutting_down:
                 shard.registry.check_drained()
