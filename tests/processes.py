@@ -23,6 +23,21 @@ _LISTENING = re.compile(r"listening on http://(\S+)")
 STARTUP_SECONDS = 20.0
 
 
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench_tool(module: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m bench.<module> *args`` from the repository root, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", *args],
+        check=False,
+        cwd=_REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def short_tmpdir() -> str:
     """A private directory with a short path: Unix socket paths are limited to 107 bytes."""
     return tempfile.mkdtemp(prefix="dw-", dir="/tmp")
