@@ -144,14 +144,56 @@ after the changes below (same benchmarks as the figures above):
   loops over `getattr`/`setattr` nor sums stored histograms again.
 - **An HTTP request through aiohttp** cost 12 % more with drainwatch's middleware, and an
   empty middleware alone 5 %: with any middleware, aiohttp builds a chain for each request
-  and adds one of its own that sets the current app. `setup(app)` now counts from the route
-  handlers instead (`sdk/integrations/_aiohttp_count.py`), 4 % in the table above. What is
-  left, measured by replacing parts with no-ops in the same server: the count itself
-  (`InflightRegistry.start`/`finish`: a lock, two clock reads, a histogram bucket) about
-  1.8 µs, the counting coroutine, the WebSocket check and the response's checks about
-  1.7 µs. An ASGI request with a new path (an id in it) was matched against Starlette's
-  routes by calling each route's `matches`, which converts parameters and builds scopes;
-  plain routes are now matched on their compiled patterns (5.1 -> 3.1 µs in-process).
+  and adds one of its own that sets the current app. `setup(app)` counts from the route
+  handlers instead (`sdk/integrations/_aiohttp_count.py`): 3.9 % (+4.6 µs). Measured next
+  in instructions rather than time (the server under `valgrind --tool=callgrind`, counters
+  zeroed after 300 warm-up requests, 1,000 requests to one variant): the plain server runs
+  232k instructions and about 2,800 bytecodes per request, and the count added 9.3k
+  instructions; a handler wrapper that only awaits the handler adds about 0.3k, so the cost
+  was the count's own bytecodes: even written out in one wrapper, 118 there plus calls to
+  `prepared`, `status`, `transport` and `is_closing`, each a Python frame (9.0k
+  instructions). Now the wrapper counts inline into a
+  shard the route keeps (an app serves from one loop), a request that ends writes one
+  count (its outcome and duration bucket together) and a sum, requests in flight are
+  started less ended, and a common response (returned unsent, on a connection nothing is
+  closing) is told from aiohttp's fields; anything else takes the full check. 5.2k to
+  6.2k instructions added (`python -m bench.http_instructions aiohttp`, two runs), at the
+  budget's edge when timed. An ASGI
+  request adds about 410 bytecodes (30k instructions, 4.8 %, `... asgi`): the call and two message
+  wrappers (coroutines that see the status, completion and a client gone), and the route
+  match of each new path, needed before the app runs to label the request in flight.
+  Plain routes are matched on their compiled patterns (5.1 -> 3.1 µs in-process) rather
+  than through Starlette's `matches`, which converts parameters and builds scopes.
+  Since cut to about 280 bytecodes: the nested-middleware check is a scope key rather than
+  a context variable (0.35k instructions instead of 1.9k), the message observer for `send`
+  is a plain function returning the server's awaitable (no coroutine per message), the
+  per-request object is made without `__init__`, the plain-route match is written out with
+  the loop thread's shard kept per route and method, and a request ending within the first
+  bucket skips the bucket search. Called directly (the Starlette app alone, 95.5k
+  instructions per request under callgrind), drainwatch added 24.6k before and 16.6k after.
+  Timed, that was 1.029 in a run on a busier machine: still over the budget. The route
+  match itself was the largest part left (6.3k of 17.6k instructions added to the app
+  called directly): for an app of plain routes a request is now labelled when it ends, by
+  the route Starlette's router put in the scope (its kept shard found by the route's id),
+  and counts its start and end together then. Meanwhile it sits in its loop's set of
+  requests in flight, which readers label: by that route once routed, else by matching
+  the path. A read of the records with 1,000 requests held costs 0.26 ms routed and
+  2.3 to 2.5 ms unrouted (20 routes), with 10,000 held 6.4 to 7.8 ms and 23 ms, on the
+  reporter's thread (`python -m bench.pending_labels`, two runs): a price paid per report
+  and per request in flight, instead of per request served. Added now: 14.7k instructions
+  to the app called directly, 14.5k to the server's 638k per request (2.3 %,
+  `python -m bench.http_instructions asgi`; 30k at the start). The aiohttp route handlers
+  now also skip the bucket search for requests that end within the first bucket and test
+  the common response in one condition: 6.9k to 5.5k instructions added (2.4 % of the
+  server's 231k). Both are over 2 % of the server's own instructions; the table times a
+  request as its client sees it, loopback and client included. Two runs of the HTTP
+  figures alone gave 1.014 (ASGI) and 1.016 (aiohttp) each, where they were 1.029 and
+  1.022; a full run right after, on a machine that ran a third faster (the ASGI baseline
+  at 153 µs, not 225 µs), 1.022 and 1.017: the added time stayed near 3 µs while the rest
+  of the request shrank. The ASGI budget is met or missed by the machine's pace; getting
+  clear of it takes cutting the per-request path further. What is left, called directly:
+  the extra coroutine any middleware costs (2.2k), the `send` observer (2.3k: two calls
+  and the bound methods), the per-request object (1k) and the count itself.
 - **The outside view** dumped every TCP socket of the node every 50 ms, including those in
   TIME_WAIT, which belong to no process (a busy node has thousands); it no longer asks for
   them. py-spy's sampler thread was woken on every step of the outside view; it is woken
@@ -192,6 +234,17 @@ three in turn, request by request, over one kept-alive connection each, each req
 new item (`GET /items/<n>`), so nothing keyed by the concrete path is reused. The client is
 a few lines over a blocking socket rather than `http.client`: the less the client spends
 per request, the larger the server's share of each latency and the stricter the ratio.
+A round's ratio wanders by a few percent on this machine whatever the round's length
+(interquartile width of the per-round ratios about 0.05 with 500, 2,000 and 8,000 requests
+a round), and neither pinning the server and the client to a CPU each nor turning the
+server's garbage collector off narrowed it; the median steadies with the number of rounds
+only. With the same code, 21 rounds of 2,000 requests gave ASGI medians of 1.007 and 1.025
+in two runs; 84 rounds of 500 gave 1.005 to 1.020 for ASGI and 1.010 to 1.022 for aiohttp
+over six runs, a spread that matches the median's standard error (about 0.5 %). The full
+run therefore times 336 rounds of 500 requests over 6 server processes (about 2.5 minutes
+a server kind): two runs gave 1.014 and 1.014 for ASGI, 1.016 and 1.016 for aiohttp. What
+the rounds do not even out is the machine's pace from one run to the next: the full run
+that followed found every server a third faster, and ASGI at 1.022.
 
 The agent figures run a real agent process. Ingest: the agent is pinned to one CPU and a
 sender, pinned to the other, stands in for SDK processes, offering channel snapshots 40 to

@@ -9,7 +9,7 @@ import pytest
 
 from bench.doc_update import DocFormatError, update_doc
 from bench.figure import Figure
-from bench.report import Machine, performance_doc
+from bench.report import Machine, performance_doc, this_machine
 
 MACHINE = Machine(2, "test CPU", "3.11.7", "Linux")
 
@@ -63,3 +63,14 @@ def test_a_page_of_another_shape_is_refused_with_the_reason(text: str, message: 
     """A page the suite did not write is not patched blindly."""
     with pytest.raises(DocFormatError, match=message):
         update_doc(text, [figure("Z", "0.100", "z")], "python -m bench --only z", MACHINE)
+
+
+def test_the_committed_page_says_what_a_full_run_writes() -> None:
+    """The prose of ``docs/performance.md`` (what was slow, what changed, the method) is the
+    prose ``report.performance_doc`` writes: a full run keeps it, and an edit made to the
+    page alone fails here instead of being lost at the next run."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "performance.md").read_text()
+    rendered = performance_doc([], "python -m bench", this_machine(), quick=False)
+    committed = page[page.index("## Profiles") : page.index("\n1. **")]
+    written = rendered[rendered.index("## Profiles") : rendered.index("\nRun `python -m bench")]
+    assert committed.strip() == written.strip()
