@@ -2,8 +2,9 @@
 
 ``DrainwatchMiddleware`` counts each HTTP request under its method and route template
 (``GET /orders/{order_id}``), the route the app's router chooses. For an app of plain
-Starlette routes the label is taken when the request ends, from the route Starlette's
-router put in the scope (``scope["route"]``): no matching of our own. The route's shard is
+Starlette routes (FastAPI's ``APIRoute`` of the app's own routes list included) the label
+is taken when the request ends, from the route the router put in the scope
+(``scope["route"]``): no matching of our own. The route's shard is
 kept per route and method, so a request costs a few look-ups. While it runs the request
 is held in its loop's set of requests in flight (``LoopShards.calls``), and readers (the
 reporter, the drain check, the exit record) label those: by the route in the scope once

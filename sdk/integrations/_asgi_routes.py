@@ -7,6 +7,7 @@ duck typing down the ``.app`` chain of middlewares.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, Final
 
@@ -104,8 +105,9 @@ class PlainRoutes:
 class RouteTemplates:
     """Finds the route template of a request by asking the routes, as Starlette's router does.
 
-    When every route is a plain Starlette ``Route`` (no mount, no host, no subclass that
-    matches its own way) and the app has no root path, a request is matched by
+    When every route is a plain Starlette ``Route`` or FastAPI ``APIRoute`` (no mount, no
+    host, no included router, no subclass that matches its own way) and the app has no
+    root path, a request is matched by
     ``PlainRoutes``: a fraction of the cost, on every request whose path is new (an id in
     the path makes most paths new).
     """
@@ -145,12 +147,22 @@ class RouteTemplates:
             return known[2]
         compiled: PlainRoutes | None = None
         route_type: Any = self._route_type
-        # A subclass that matches the way Route does (it keeps ``matches``) is plain too.
-        if route_type is not None and all(
-            isinstance(route, route_type) and type(route).matches is route_type.matches
-            for route in routes
-        ):
-            compiled = PlainRoutes(routes)
+        if route_type is not None:
+            # A subclass that matches the way Route does (it keeps ``matches``) is plain
+            # too, and so is FastAPI's APIRoute in a top-level routes list: its ``matches``
+            # is Route's plus the route in the scope (an included router's prefix, which it
+            # also knows, applies only below an ``include_router`` route, not plain).
+            # Looked up among the modules already imported: FastAPI is never imported here.
+            plain_matches = {route_type.matches}
+            api_route = getattr(sys.modules.get("fastapi.routing"), "APIRoute", None)
+            api_matches = getattr(api_route, "matches", None)
+            if isinstance(api_route, type) and issubclass(api_route, route_type) and api_matches:
+                plain_matches.add(api_matches)
+            if all(
+                isinstance(route, route_type) and type(route).matches in plain_matches
+                for route in routes
+            ):
+                compiled = PlainRoutes(routes)
         self._plain = (routes, len(routes), compiled)
         return compiled
 

@@ -12,9 +12,10 @@
 - ``http``: each request is in flight from the call until the app returns, i.e. until the
   last body chunk of a streaming response was sent (and background tasks ran). It is
   counted under its method and route template (``GET /orders/{order_id}``): for an app of
-  plain Starlette routes, the route its router chose (taken when the request ends; while
-  it runs, reports label it by matching its path); for other apps, the route found by
-  matching the Starlette/FastAPI routes (mounts included) before the app runs. An app
+  plain Starlette routes or FastAPI routes of its own (no mount, no included router), the
+  route its router chose (taken when the request ends; while it runs, reports label it by
+  matching its path); for other apps, the route found by matching the Starlette/FastAPI
+  routes (mounts and included routers too) before the app runs. An app
   without Starlette-style routes, or a path no route matches, counts as ``GET unmatched``.
   Outcomes: ``ok`` (status < 500), ``error`` (status >= 500, no response, or the app
   raised), ``cancelled``/``aborted_at_shutdown`` (the task was cancelled, or the client

@@ -1019,3 +1019,88 @@ def test_a_request_labelled_when_it_ends_counts_into_the_registry_of_its_end(
     assert outcomes(first) == {("http", "GET /orders/{order_id}"): {"ok": 2}}
     assert outcomes(second) == {("http", "GET /orders/{order_id}"): {"ok": 2}}
     assert first.active() == second.active() == 0
+
+
+def test_fastapi_routes_at_the_top_level_are_plain_and_included_routers_are_not() -> None:
+    """FastAPI's APIRoute matches as Starlette's Route does when it is in the app's own
+    routes list: the patterns-only match names the templates FastAPI's matching names.
+    An app with an included router keeps FastAPI's own matching."""
+    from drainwatch.integrations._asgi_routes import RouteTemplates
+
+    app = FastAPI()
+
+    @app.get("/orders/{order_id:int}")
+    async def order(order_id: int) -> int:
+        return order_id
+
+    @app.post("/orders/{order_id}")
+    async def replace(order_id: str) -> str:
+        return order_id
+
+    @app.api_route("/health", methods=["GET", "DELETE"])
+    async def health() -> str:
+        return "ok"
+
+    def scope(method: str, path: str) -> dict[str, Any]:
+        return {"type": "http", "method": method, "path": path, "root_path": ""}
+
+    fast = RouteTemplates(app)
+    slow = RouteTemplates(app)
+    slow.plain_routes = lambda routes: None  # type: ignore[method-assign]
+    for method, path in [
+        ("GET", "/orders/12"),
+        ("POST", "/orders/12"),
+        ("PUT", "/orders/abc"),
+        ("HEAD", "/orders/7"),
+        ("DELETE", "/health"),
+        ("PATCH", "/health"),
+        ("GET", "/docs"),
+        ("GET", "/nowhere"),
+    ]:
+        assert fast.template(scope(method, path)) == slow.template(scope(method, path)), path
+    assert fast._plain is not None and fast._plain[2] is not None
+
+    router = APIRouter()
+
+    @router.get("/items/{item_id}")
+    async def item(item_id: str) -> str:
+        return item_id
+
+    app.include_router(router, prefix="/api")
+    assert fast.template(scope("GET", "/api/items/3")) == ("/api/items/{item_id}", True)
+    assert fast._plain[2] is None
+
+
+def test_a_fastapi_app_is_labelled_when_a_request_ends(
+    registry: _inflight.InflightRegistry,
+) -> None:
+    """A FastAPI app of top-level routes takes the path of plain routes: a held request
+    waits in the loop's set, in flight under its route, and ends counted under it."""
+    gate = Gate()
+    app = FastAPI()
+
+    @app.get("/orders/{order_id}")
+    async def order(order_id: str) -> str:
+        await gate.hold()
+        return order_id
+
+    middleware = DrainwatchMiddleware(app)
+
+    async def scenario() -> None:
+        async with serving(middleware) as served:
+            async with served.session.get(served.url + "/docs") as response:
+                assert response.status == 200
+            held = asyncio.create_task(served.session.get(served.url + "/orders/7"))
+            await gate.entered.wait()
+            assert len(middleware._shards.loop.calls) == 1
+            assert active(registry, "http", "GET /orders/{order_id}") == 1
+            gate.release.set()
+            async with await held as response:
+                assert (response.status, await response.json()) == (200, "7")
+
+    run(scenario())
+    assert outcomes(registry) == {
+        ("http", "GET /docs"): {"ok": 1},
+        ("http", "GET /orders/{order_id}"): {"ok": 1},
+    }
+    assert registry.active() == 0
