@@ -15,7 +15,7 @@ ended before it started.
 
 Other apps, a request during a drain (its start counts at once, as started during the
 drain) and a request on another thread are counted when they start, under the route
-matched then: written out for plain routes (``HttpShards.shard``), else through
+matched then (``HttpShards.shard``): by the compiled plain routes, else through
 ``RouteTemplates``, with paths kept by method when the template depends on the path only.
 
 Everything here runs on the thread of the event loop that serves the app, which alone
@@ -64,6 +64,16 @@ def response_complete(last: Message | None) -> bool:
     return (
         kind == "http.response.body" and not last.get("more_body", False)
     ) or kind == "http.response.pathsend"
+
+
+def guarded_template(templates: RouteTemplates, scope: Scope) -> tuple[str | None, bool]:
+    """``templates.template(scope)``; a failure is counted as an internal error and the
+    request is unmatched (by its path)."""
+    try:
+        return templates.template(scope)
+    except Exception:
+        _runtime.note_internal_error()
+        return None, True
 
 
 class HttpCall:
@@ -187,6 +197,17 @@ class LoopShards:
             route_id: self.route_shards[index] for route_id, index in plain.index_by_id.items()
         }
 
+    def route_shard(self, index: int, method: str) -> _Shard:
+        """The shard of the plain route at ``index`` (-1: no route) for ``method``, kept
+        for the next requests of that route and method."""
+        plain = self.plain
+        template = None if plain is None or index < 0 else plain.templates[index]
+        shard = self.label_shard(method, template)
+        by_method = self.route_shards[index]
+        if len(by_method) < _MAX_CACHED_METHODS:
+            by_method[method] = shard
+        return shard
+
     def label_shard(self, method: str, template: str | None) -> _Shard:
         key = (method, template)
         shard = self.by_label.get(key)
@@ -256,50 +277,15 @@ class HttpShards:
         return shard
 
     def shard(self, scope: Scope) -> _Shard:
-        """The shard to count the request of ``scope`` into. Raises on a malformed scope."""
-        loop = self.loop
-        plain = loop.plain
-        if (
-            plain is None
-            or loop.thread != _thread_id()
-            or scope.get("root_path")
-            or loop.holder.routes is not plain.routes
-        ):
-            return self._shard_slowly(scope)
-        # PlainRoutes.find, written out: no call per request.
-        method: str = scope["method"]
-        path: str = scope["path"]
-        found = -1
-        full = False
-        for index, (match, methods) in enumerate(plain.matchers):
-            if match(path) is not None:
-                if methods is None or method in methods:
-                    found = index
-                    full = True
-                    break
-                if found < 0:
-                    found = index  # a 405, unless a later route takes the method
-        # Routes are added at the end of the list: one added since the routes were compiled
-        # can only change the choice for a request no compiled route took fully.
-        if not full and len(plain.routes) != plain.count:
-            return self._shard_slowly(scope)
-        shard = loop.route_shards[found].get(method)
-        if shard is None or shard.registry is not _inflight.REGISTRY:
-            return self._shard_slowly(scope)
-        return shard
-
-    def _shard_slowly(self, scope: Scope) -> _Shard:
+        """The shard to count the request of ``scope`` into, under the route matched now.
+        Only requests not labelled when they end come here (another app, a drain, another
+        thread, a root path), so it takes the general path. Raises on a malformed scope."""
         loop = self._current_loop(scope)
-        method: str = scope["method"]
         plain = loop.plain
         if plain is None or scope.get("root_path"):
             return self._matched_shard(loop, scope)
-        index = plain.find(method, scope["path"])
-        by_method = loop.route_shards[index]
-        shard = loop.label_shard(method, None if index < 0 else plain.templates[index])
-        if len(by_method) < _MAX_CACHED_METHODS:
-            by_method[method] = shard
-        return shard
+        method: str = scope["method"]
+        return loop.route_shard(plain.find(method, scope["path"]), method)
 
     def _current_loop(self, scope: Scope) -> LoopShards:
         """This thread's state, made afresh when it is another's or stale; the app's routes
@@ -344,11 +330,7 @@ class HttpShards:
         index = plain.index_by_id.get(id(scope.get("route")), -1)
         if index < 0:
             index = plain.find(method, scope["path"])
-        shard = loop.label_shard(method, None if index < 0 else plain.templates[index])
-        by_method = loop.route_shards[index]
-        if len(by_method) < _MAX_CACHED_METHODS:
-            by_method[method] = shard
-        return shard
+        return loop.route_shard(index, method)
 
     def _matched_shard(self, loop: LoopShards, scope: Scope) -> _Shard:
         """The shard of the request's route, found through ``RouteTemplates``."""
@@ -357,11 +339,7 @@ class HttpShards:
         shard = loop.by_path.get((method, path))
         if shard is not None and shard.registry is loop.registry:
             return shard
-        try:
-            template, by_path = self.templates.template(scope)
-        except Exception:
-            _runtime.note_internal_error()
-            template, by_path = None, True
+        template, by_path = guarded_template(self.templates, scope)
         shard = loop.label_shard(method, template)
         if by_path:
             if len(loop.by_path) >= _MAX_CACHED:

@@ -60,7 +60,14 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from drainwatch import _inflight, _runtime, _shutdown
 from drainwatch._histogram import WAIT_BUCKETS
 
-from ._asgi_count import COUNTED_SCOPE_KEY, HttpCall, HttpShards, LoopShards, new_call
+from ._asgi_count import (
+    COUNTED_SCOPE_KEY,
+    HttpCall,
+    HttpShards,
+    LoopShards,
+    guarded_template,
+    new_call,
+)
 from ._asgi_routes import RouteTemplates, route_paths
 from ._health_paths import (
     OBSERVED_PATHS,
@@ -129,11 +136,7 @@ class _WebSocketStats:
         stats = self.by_path.get(path)
         if stats is not None:
             return stats
-        try:
-            template, by_path = self.templates.template(scope)
-        except Exception:
-            _runtime.note_internal_error()
-            template, by_path = None, True
+        template, by_path = guarded_template(self.templates, scope)
         stats = registry.stats("websocket", template or UNMATCHED)
         if by_path:
             if len(self.by_path) >= _MAX_CACHED_PATHS:
