@@ -164,10 +164,11 @@ def sync_server(
     observe_listeners: bool = False,
     interceptors: Sequence[Any] = (),
     way: str = "interceptor",
+    workers: int = 8,
 ) -> Iterator[SyncRig]:
-    """A started ``grpc.server`` serving ``behaviors``, counted the ``SYNC_WAYS`` way
-    ``way`` (or not at all), and a channel to it."""
-    pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="grpc-test")
+    """A started ``grpc.server`` serving ``behaviors`` from a pool of ``workers`` threads,
+    counted the ``SYNC_WAYS`` way ``way`` (or not at all), and a channel to it."""
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc-test")
     if instrumented and way in ("constructor", "registered"):
         server = drainwatch_grpc.server(pool, interceptors=list(interceptors))
     elif instrumented and way == "factory":

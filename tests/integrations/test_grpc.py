@@ -12,6 +12,7 @@ import logging
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -281,6 +282,116 @@ def test_sync_rpcs_cut_by_stop_while_shutting_down_count_as_aborted_at_shutdown(
         assert wait_until(lambda: outcomes("unary_unary") == {"aborted_at_shutdown": 1})
         assert wait_until(lambda: outcomes("unary_stream") == {"aborted_at_shutdown": 1})
         assert stopped.wait(5.0)
+
+
+# A sync unary RPC on a pool thread that served the method before counts into that
+# thread's shard directly, without the registry's start/finish: these tests serve from one
+# thread, so that every RPC but the first takes that path.
+
+
+def one_thread_unary(hold: threading.Event, contexts: list[Any]) -> dict[str, Any]:
+    def pay(request: bytes, context: Any) -> bytes:
+        if request == b"slow":
+            time.sleep(0.02)  # past the first duration bucket (0.5 ms)
+        elif request == b"hold":
+            contexts.append(context)
+            assert hold.wait(5.0)
+        elif request == b"held_past_deadline":
+            assert wait_until(lambda: not context.is_active())
+        elif request == b"raise":
+            raise ValueError("card number is invalid")
+        elif request == b"abort":
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "card declined")
+        elif request == b"set_code":
+            context.set_code(grpc.StatusCode.NOT_FOUND)
+        return request
+
+    return {"unary_unary": pay}
+
+
+def unary_status(rig: SyncRig, request: bytes, timeout: float = 5.0) -> Any:
+    try:
+        rig.call("unary_unary", [request], timeout=timeout)
+    except grpc.RpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("way", SYNC_WAYS)
+def test_sync_unary_rpcs_of_a_thread_that_served_before_count_every_outcome(
+    caplog: pytest.LogCaptureFixture, way: str
+) -> None:
+    """Ok, error (raised, aborted, a code set) and cut by the deadline, each counted once
+    with its duration, on the thread's own shard; the client sees grpc's own statuses."""
+    caplog.set_level(logging.CRITICAL, logger="grpc._server")
+    hold = threading.Event()
+    with sync_server(one_thread_unary(hold, []), way=way, workers=1) as rig:
+        codes = [unary_status(rig, request) for request in (b"ok", b"ok", b"slow")]
+        codes += [unary_status(rig, request) for request in (b"raise", b"abort", b"set_code")]
+        codes.append(unary_status(rig, b"held_past_deadline", timeout=0.3))
+        assert wait_until(lambda: sum(outcomes("unary_unary").values()) == 7)
+    assert codes == [grpc.StatusCode.OK] * 3 + [
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    ]
+    assert outcomes("unary_unary") == {"ok": 3, "error": 3, "cancelled": 1}
+    record = stats("unary_unary")
+    assert record is not None
+    assert record["active"] == 0
+    duration = record["duration"]
+    assert duration["count"] == 7
+    # The slow one and the one held past its deadline (0.3 s) are past the first bucket.
+    assert sum(duration["counts"][1:]) == 2
+    assert 0.3 <= duration["sum"] < 5.0
+    # One thread served them all: one shard.
+    assert len(_inflight.REGISTRY.stats("grpc", method("unary_unary")).shards) == 1
+
+
+@pytest.mark.parametrize("way", ["constructor", "interceptor"])
+def test_sync_unary_drain_completes_when_the_last_rpc_of_a_thread_that_served_before_ends(
+    way: str,
+) -> None:
+    """The drain step finishes when the held RPC ends, not before; an RPC that started
+    during the drain counts as started during it."""
+    hold = threading.Event()
+    contexts: list[Any] = []
+    with sync_server(one_thread_unary(hold, contexts), way=way, workers=1) as rig:
+        assert unary_status(rig, b"ok") == grpc.StatusCode.OK
+        _shutdown.STATE.begin_shutdown()
+        held = rig.start_call("unary_unary", [b"hold"])
+        assert wait_until(lambda: active("unary_unary") == 1)
+        drain = _shutdown.STATE.steps[_shutdown.DRAIN]
+        time.sleep(0.05)
+        assert drain.finished is None
+        hold.set()
+        assert held.result(timeout=5.0) == b"hold"
+        assert wait_until(lambda: drain.finished is not None)
+    assert drain.ok is True
+    record = stats("unary_unary")
+    assert record is not None
+    assert record["started_during_drain"] == 1
+    assert outcomes("unary_unary") == {"ok": 2}
+
+
+def test_sync_unary_bookkeeping_failures_on_a_threads_own_shard_never_reach_the_rpc(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A shard that cannot be written leaves the response, and the handler's own error,
+    as they are, and counts internal errors."""
+    caplog.set_level(logging.CRITICAL, logger="grpc._server")
+    with sync_server(one_thread_unary(threading.Event(), []), way="constructor", workers=1) as rig:
+        assert unary_status(rig, b"ok") == grpc.StatusCode.OK
+        (shard,) = _inflight.REGISTRY.stats("grpc", method("unary_unary")).shards.values()
+        shard.counts = ()  # type: ignore[assignment]  # cannot be counted into
+        before = internal_errors()
+        assert rig.call("unary_unary", [b"echo"]) == b"echo"
+        assert unary_status(rig, b"raise") == grpc.StatusCode.UNKNOWN
+        assert internal_errors() == before + 2
+        shard.started = None  # type: ignore[assignment]  # cannot be started either
+        assert rig.call("unary_unary", [b"again"]) == b"again"
+        assert internal_errors() == before + 3
 
 
 # -- aio handlers ----------------------------------------------------------------------------------
