@@ -100,8 +100,10 @@ FULL = Plan(
     close_batches=40,
     churn_cycles=20_000,
     churn_rounds=15,
-    grpc_calls=2_000,
-    grpc_rounds=21,
+    # As for HTTP below: short rounds, many of them, over many server processes (each
+    # process sets its servers a fraction of a percent apart for its whole life).
+    grpc_calls=500,
+    grpc_rounds=84,
     pyspy_rounds=30,
     task_window=2.0,
     task_rounds=15,
