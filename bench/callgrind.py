@@ -13,12 +13,13 @@ valgrind``) and takes about a minute per variant.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Final
@@ -32,6 +33,8 @@ Send = Callable[[int, int], None]
 """``(first, count)``: make ``count`` calls, numbered from ``first``, one after the other."""
 Connect = Callable[[int], AbstractContextManager[Send]]
 """A client of the port given, open for the warm-up and the measured calls alike."""
+PerCall = Callable[[str, str, int], float]
+"""``(kind, variant, calls)``: a variant's instructions per call."""
 
 
 def instructions_per_call(
@@ -87,9 +90,23 @@ def instructions_per_call(
         return int(summary.group(1)) / calls
 
 
-def print_counts(counts: Mapping[str, float], unit: str) -> None:
-    """Each variant's instructions per ``unit``, then what drainwatch adds."""
+def tool_main(
+    argv: Sequence[str], *, prog: str, kinds: Sequence[str], unit: str, per_call: PerCall
+) -> int:
+    """A tool's command line: ``KIND [--<unit>s N]``; prints each variant's instructions
+    per ``unit``, then what drainwatch adds."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("kind", choices=kinds)
+    flag = f"--{unit}s"
+    parser.add_argument(
+        flag, type=int, default=1000, dest="calls", metavar="N", help=f"measured {unit}s (>= 1)"
+    )
+    args = parser.parse_args(argv)
+    if args.calls < 1:
+        parser.error(f"{flag} must be at least 1, got {args.calls}")
+    counts = {variant: per_call(args.kind, variant, args.calls) for variant in MEASURED}
     for variant, count in counts.items():
         print(f"{variant:<12} {count:>10,.0f} instructions/{unit}")
     added = counts["drainwatch"] - counts["baseline"]
     print(f"{'added':<12} {added:>+10,.0f} ({added / counts['baseline']:+.1%})")
+    return 0

@@ -10,14 +10,13 @@ valgrind and takes about a minute per variant.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
 
-from .callgrind import MEASURED, Send, instructions_per_call, print_counts
+from .callgrind import Send, instructions_per_call, tool_main
 from .grpc_target import FULL_METHOD, KINDS, VARIANTS
 
 _PAYLOAD = b"ping"
@@ -45,15 +44,13 @@ def instructions_per_rpc(kind: str, variant: str, calls: int) -> float:
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.grpc_instructions")
-    parser.add_argument("kind", choices=KINDS)
-    parser.add_argument("--calls", type=int, default=1000, help="measured calls (>= 1)")
-    args = parser.parse_args(argv)
-    if args.calls < 1:
-        parser.error(f"--calls must be at least 1, got {args.calls}")
-    counts = {v: instructions_per_rpc(args.kind, v, args.calls) for v in MEASURED}
-    print_counts(counts, "call")
-    return 0
+    return tool_main(
+        argv,
+        prog="python -m bench.grpc_instructions",
+        kinds=KINDS,
+        unit="call",
+        per_call=instructions_per_rpc,
+    )
 
 
 if __name__ == "__main__":

@@ -9,13 +9,12 @@ only: it needs valgrind and takes about a minute per variant.
 
 from __future__ import annotations
 
-import argparse
 import socket
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from .callgrind import MEASURED, Send, instructions_per_call, print_counts
+from .callgrind import Send, instructions_per_call, tool_main
 from .http_target import BODY, KINDS, ROUTE, VARIANTS
 
 
@@ -46,15 +45,13 @@ def instructions_per_request(kind: str, variant: str, requests: int) -> float:
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.http_instructions")
-    parser.add_argument("kind", choices=KINDS)
-    parser.add_argument("--requests", type=int, default=1000, help="measured requests (>= 1)")
-    args = parser.parse_args(argv)
-    if args.requests < 1:
-        parser.error(f"--requests must be at least 1, got {args.requests}")
-    counts = {v: instructions_per_request(args.kind, v, args.requests) for v in MEASURED}
-    print_counts(counts, "request")
-    return 0
+    return tool_main(
+        argv,
+        prog="python -m bench.http_instructions",
+        kinds=KINDS,
+        unit="request",
+        per_call=instructions_per_request,
+    )
 
 
 if __name__ == "__main__":
