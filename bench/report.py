@@ -264,7 +264,8 @@ over six runs, a spread that matches the median's standard error (about 0.5 %). 
 run therefore times 336 rounds of 500 requests over 6 server processes (about 2.5 minutes
 a server kind): two runs gave 1.014 and 1.014 for ASGI, 1.016 and 1.016 for aiohttp. What
 the rounds do not even out is the machine's pace from one run to the next: the full run
-that followed found every server a third faster, and ASGI at 1.022.
+that followed found every server a third faster, and ASGI at 1.022; the full run of
+2026-12-03 16:49 UTC gave 1.019, and ASGI alone right after it 1.017.
 
 The agent figures run a real agent process. Ingest: the agent is pinned to one CPU and a
 sender, pinned to the other, stands in for SDK processes, offering channel snapshots 40 to
