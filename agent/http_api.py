@@ -38,8 +38,22 @@ SCRAPED_KEY: web.AppKey[Callable[[float], None]] = web.AppKey("scraped")
 TASKS_KEY: web.AppKey[Callable[[str | None], dict[str, Any]]] = web.AppKey("tasks")
 
 
+# In JSON, <, > and & can only occur inside strings, where their escapes mean the same: a
+# body that echoes a hostile value (an error naming it, a label a service chose) then holds
+# no markup, should anything ever render it as HTML.
+_MARKUP_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+
+def _json_dumps(value: Any) -> str:
+    return json.dumps(value, indent=1).translate(_MARKUP_ESCAPES)
+
+
+def _json(document: Any, status: int = 200) -> web.Response:
+    return web.json_response(document, status=status, dumps=_json_dumps)
+
+
 def _bad_request(message: str) -> web.Response:
-    return web.json_response({"error": message}, status=400)
+    return _json({"error": message}, status=400)
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
@@ -84,7 +98,7 @@ async def api_state(request: web.Request) -> web.Response:
     service = request.query.get("service")
     loop = asyncio.get_running_loop()
     document = await loop.run_in_executor(None, state_document, request.app[STATE_KEY], service)
-    return web.json_response(document, dumps=lambda value: json.dumps(value, indent=1))
+    return _json(document)
 
 
 async def api_tasks(request: web.Request) -> web.Response:
@@ -96,7 +110,7 @@ async def api_tasks(request: web.Request) -> web.Response:
     document = await loop.run_in_executor(
         None, request.app[TASKS_KEY], request.query.get("service")
     )
-    return web.json_response(document, dumps=lambda value: json.dumps(value, indent=1))
+    return _json(document)
 
 
 async def api_report(request: web.Request) -> web.Response:
@@ -113,7 +127,7 @@ async def api_report(request: web.Request) -> web.Response:
     document = await loop.run_in_executor(
         None, reports.document, request.query.get("service"), everything
     )
-    return web.json_response(document, dumps=lambda value: json.dumps(value, indent=1))
+    return _json(document)
 
 
 async def _close_exposition(app: web.Application) -> None:

@@ -296,6 +296,25 @@ def test_report_endpoint_refuses_bad_queries_with_a_reason(
     assert body["error"].startswith(reason)
 
 
+def test_an_error_that_echoes_markup_carries_it_escaped(clock: FakeTime) -> None:
+    """A bad value is named in the error as it came, with <, > and & as JSON escapes: the
+    body holds no markup, and reads back exactly."""
+    state, _ = make_state(clock)
+    app = build_app(state, CollectorRegistry(), lambda: True, DrainReports(state, clock=clock))
+    hostile = "<script>alert(1)</script>&amp;"
+
+    async def get() -> tuple[int, str]:
+        async with TestClient(TestServer(app)) as client:
+            response = await client.get("/api/v1/report", params={"all": hostile})
+            return response.status, await response.text()
+
+    status, text = asyncio.run(asyncio.wait_for(get(), 10))
+    assert status == 400
+    assert not {"<", ">", "&"} & set(text)
+    assert "\\u003cscript\\u003e" in text
+    assert json.loads(text)["error"] == f'"all" must be 1, 0, true or false: {hostile!r}'
+
+
 def test_report_endpoint_serves_latest_one_service_or_all(
     spawn: Callable[[], SdkProcess], clock: FakeTime
 ) -> None:

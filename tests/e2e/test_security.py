@@ -223,6 +223,8 @@ def test_hostile_names_stay_data_in_metrics_json_page_files_terminal_and_log(
     assert "<script>alert" not in page and "<img src=x onerror" not in page
     assert "\x1b" not in page
     assert json.loads(api)["reports"][0]["service"] == HOSTILE["service"]
+    # The same values in the JSON API, escaped: no markup even if something renders it.
+    assert "<" not in api and ">" not in api
     assert (
         sorted(path.name for path in state.iterdir() if not path.name.startswith("report-")) == []
     )
