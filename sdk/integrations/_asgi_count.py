@@ -236,13 +236,9 @@ class LoopShards:
             scope = call.scope
             method = scope.get("method")
             method = method if isinstance(method, str) else ""
-            index = -1
-            if plain is not None:
-                # Routed already: the router's choice; else the path matched as it will be.
-                index = plain.index_by_id.get(id(scope.get("route")), -1)
-                path = scope.get("path")
-                if index < 0 and isinstance(path, str):
-                    index = plain.find(method, path)
+            index = (
+                -1 if plain is None else plain.chosen(scope.get("route"), method, scope.get("path"))
+            )
             key = (index, method)
             groups[key] = groups.get(key, 0) + 1
         by_stats: dict[_inflight.MethodStats, int] = {}
@@ -327,10 +323,7 @@ class HttpShards:
             plain = loop.plain
             if plain is None:
                 return self._matched_shard(loop, scope)
-        index = plain.index_by_id.get(id(scope.get("route")), -1)
-        if index < 0:
-            index = plain.find(method, scope["path"])
-        return loop.route_shard(index, method)
+        return loop.route_shard(plain.chosen(scope.get("route"), method, scope["path"]), method)
 
     def _matched_shard(self, loop: LoopShards, scope: Scope) -> _Shard:
         """The shard of the request's route, found through ``RouteTemplates``."""

@@ -101,6 +101,15 @@ class PlainRoutes:
                     partial = index
         return partial
 
+    def chosen(self, route: object, method: str, path: object) -> int:
+        """The index of ``route`` (the one the router put in the scope) if it is compiled
+        here, else of the route ``path`` matches as the router will match it (``find``;
+        -1 for a path that is not a string)."""
+        index = self.index_by_id.get(id(route), -1)
+        if index < 0 and isinstance(path, str):
+            index = self.find(method, path)
+        return index
+
 
 class RouteTemplates:
     """Finds the route template of a request by asking the routes, as Starlette's router does.

@@ -289,12 +289,11 @@ def test_sync_rpcs_cut_by_stop_while_shutting_down_count_as_aborted_at_shutdown(
 # thread, so that every RPC but the first takes that path.
 
 
-def one_thread_unary(hold: threading.Event, contexts: list[Any]) -> dict[str, Any]:
+def one_thread_unary(hold: threading.Event) -> dict[str, Any]:
     def pay(request: bytes, context: Any) -> bytes:
         if request == b"slow":
             time.sleep(0.02)  # past the first duration bucket (0.5 ms)
         elif request == b"hold":
-            contexts.append(context)
             assert hold.wait(5.0)
         elif request == b"held_past_deadline":
             assert wait_until(lambda: not context.is_active())
@@ -325,7 +324,7 @@ def test_sync_unary_rpcs_of_a_thread_that_served_before_count_every_outcome(
     with its duration, on the thread's own shard; the client sees grpc's own statuses."""
     caplog.set_level(logging.CRITICAL, logger="grpc._server")
     hold = threading.Event()
-    with sync_server(one_thread_unary(hold, []), way=way, workers=1) as rig:
+    with sync_server(one_thread_unary(hold), way=way, workers=1) as rig:
         codes = [unary_status(rig, request) for request in (b"ok", b"ok", b"slow")]
         codes += [unary_status(rig, request) for request in (b"raise", b"abort", b"set_code")]
         codes.append(unary_status(rig, b"held_past_deadline", timeout=0.3))
@@ -356,8 +355,7 @@ def test_sync_unary_drain_completes_when_the_last_rpc_of_a_thread_that_served_be
     """The drain step finishes when the held RPC ends, not before; an RPC that started
     during the drain counts as started during it."""
     hold = threading.Event()
-    contexts: list[Any] = []
-    with sync_server(one_thread_unary(hold, contexts), way=way, workers=1) as rig:
+    with sync_server(one_thread_unary(hold), way=way, workers=1) as rig:
         assert unary_status(rig, b"ok") == grpc.StatusCode.OK
         _shutdown.STATE.begin_shutdown()
         held = rig.start_call("unary_unary", [b"hold"])
@@ -381,7 +379,7 @@ def test_sync_unary_bookkeeping_failures_on_a_threads_own_shard_never_reach_the_
     """A shard that cannot be written leaves the response, and the handler's own error,
     as they are, and counts internal errors."""
     caplog.set_level(logging.CRITICAL, logger="grpc._server")
-    with sync_server(one_thread_unary(threading.Event(), []), way="constructor", workers=1) as rig:
+    with sync_server(one_thread_unary(threading.Event()), way="constructor", workers=1) as rig:
         assert unary_status(rig, b"ok") == grpc.StatusCode.OK
         (shard,) = _inflight.REGISTRY.stats("grpc", method("unary_unary")).shards.values()
         shard.counts = ()  # type: ignore[assignment]  # cannot be counted into
